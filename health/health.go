@@ -3,8 +3,6 @@
 // `zguard status` exits with: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 package health
 
-
-
 // Level is a severity; its value is the exit code of `zguard status`.
 type Level int
 
@@ -69,4 +67,3 @@ func Worst(fs []Finding) Level {
 	}
 	return w
 }
-
