@@ -144,7 +144,9 @@ func TestInterruptStopsRunningJobAndWSReportsProgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var pr struct{ PromptID string `json:"prompt_id"` }
+	var pr struct {
+		PromptID string `json:"prompt_id"`
+	}
 	json.NewDecoder(resp.Body).Decode(&pr)
 	resp.Body.Close()
 	for {
