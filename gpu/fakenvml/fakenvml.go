@@ -1,0 +1,110 @@
+// Package fakenvml builds and drives a fake libnvidia-ml.so.1 for tests, so
+// the watchdog's real cgo/dlopen path through go-nvml runs on machines
+// without a GPU. The C source is gpu/testdata/fakenvml/fakenvml.c; the
+// library reads its "GPU" from a state file that tests rewrite.
+package fakenvml
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// Device is one fake GPU.
+type Device struct {
+	Index       int
+	Name, UUID  string // defaults: "Fake GPU N", "GPU-fake-...N"
+	Total, Used uint64
+	// Error is an NVML return code every call on the device answers with,
+	// e.g. 15 (ERROR_GPU_IS_LOST).
+	Error int
+	// NoV2 makes nvmlDeviceGetMemoryInfo_v2 answer NOT_SUPPORTED.
+	NoV2 bool
+}
+
+// Proc is one compute process on a fake GPU.
+type Proc struct {
+	Device int
+	PID    int
+	// Memory in bytes; -1 is NVML_VALUE_NOT_AVAILABLE.
+	Memory int64
+}
+
+// State is what the fake library reports.
+type State struct {
+	InitError int    // nvmlInit's return code
+	Driver    string // default "999.99.99-fake"
+	Devices   []Device
+	Procs     []Proc
+}
+
+// Write replaces the state file at path atomically, so the library never
+// reads half a file.
+func (s State) Write(path string) error {
+	var b strings.Builder
+	if s.InitError != 0 {
+		fmt.Fprintf(&b, "init_error %d\n", s.InitError)
+	}
+	if s.Driver != "" {
+		fmt.Fprintf(&b, "driver %s\n", s.Driver)
+	}
+	for _, d := range s.Devices {
+		fmt.Fprintf(&b, "dev %d total %d used %d", d.Index, d.Total, d.Used)
+		if d.Error != 0 {
+			fmt.Fprintf(&b, " error %d", d.Error)
+		}
+		if d.NoV2 {
+			b.WriteString(" v2 0")
+		}
+		if d.Name != "" {
+			fmt.Fprintf(&b, " name %s", strings.ReplaceAll(d.Name, " ", "_"))
+		}
+		if d.UUID != "" {
+			fmt.Fprintf(&b, " uuid %s", d.UUID)
+		}
+		b.WriteString("\n")
+	}
+	for _, p := range s.Procs {
+		fmt.Fprintf(&b, "proc %d %d %d\n", p.Device, p.PID, p.Memory)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("writing fake NVML state: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("replacing fake NVML state: %w", err)
+	}
+	return nil
+}
+
+// Source is the path of the fake library's C source.
+func Source() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "testdata", "fakenvml", "fakenvml.c")
+}
+
+// Build compiles the fake library with gcc into a fresh directory of the
+// test and returns the library's path and the state file it reads (which
+// starts out holding initial).
+func Build(t testing.TB, initial State) (lib, state string) {
+	t.Helper()
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Skip("gcc not installed; the fake NVML library cannot be built")
+	}
+	dir := t.TempDir()
+	lib = filepath.Join(dir, "libnvidia-ml.so.1")
+	state = filepath.Join(dir, "nvml.state")
+	if err := initial.Write(state); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("gcc", "-shared", "-fPIC", "-O1", "-Wall",
+		fmt.Sprintf("-DFAKE_NVML_STATE=%q", state), "-o", lib, Source(), "-ldl")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building fake NVML library: %v\n%s", err, out)
+	}
+	return lib, state
+}
