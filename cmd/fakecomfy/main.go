@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/zguard/zguard/comfy/fakecomfy"
+	"github.com/zguard/zguard/comfy/fakecomfy/fakeimage"
 )
 
 func main() {
@@ -33,7 +34,21 @@ func main() {
 	startupDelay := flag.Duration("startup-delay", 0, "wait this long before listening")
 	stepTime := flag.Duration("step-time", 50*time.Millisecond, "time one sampler step takes")
 	probe := flag.String("probe", "", "health-probe mode: GET this URL, exit 0 on 200")
+	buildImage := flag.String("build-image", "", "build a FROM-scratch image holding this binary, tagged TAG, and exit")
 	flag.Parse()
+
+	if *buildImage != "" {
+		self, err := os.Executable()
+		if err == nil {
+			err = fakeimage.Build(self, fakeimage.Spec{Tag: *buildImage, Args: flag.Args()})
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fakecomfy: building image:", err)
+			os.Exit(1)
+		}
+		fmt.Println("built", *buildImage)
+		return
+	}
 
 	if *probe != "" {
 		os.Exit(runProbe(*probe))
