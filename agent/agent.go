@@ -53,8 +53,8 @@ type subsystem struct {
 
 // Agent runs zguard.
 type Agent struct {
-	opt  Options
-	log  *slog.Logger
+	opt   Options
+	log   *slog.Logger
 	subs  []*subsystem
 	parts *parts
 	// supervisorReady is closed after the first successful reconcile.

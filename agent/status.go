@@ -13,11 +13,11 @@ import (
 
 // ConfigStatus is the config part of `zguard status --json`.
 type ConfigStatus struct {
-	Path            string    `json:"path"`
-	LoadedAt        time.Time `json:"loaded_at"`
-	LastReloadAt    time.Time `json:"last_reload_at,omitzero"`
-	LastReloadError string    `json:"last_reload_error"`
-	Warnings        []string  `json:"warnings,omitempty"`
+	Path            string            `json:"path"`
+	LoadedAt        time.Time         `json:"loaded_at"`
+	LastReloadAt    time.Time         `json:"last_reload_at,omitzero"`
+	LastReloadError string            `json:"last_reload_error"`
+	Warnings        []string          `json:"warnings,omitempty"`
 	ApplyErrors     map[string]string `json:"apply_errors,omitempty"`
 }
 
