@@ -220,7 +220,6 @@ func TestApplyRejectsBadSection(t *testing.T) {
 	}
 }
 
-
 func TestDisabledTouchesNothing(t *testing.T) {
 	testenv.Require(t, testenv.Root)
 	root := mixedTree(t)

@@ -36,7 +36,7 @@ func TestParseEvents(t *testing.T) {
 			[]event{{wd: 3, mask: unix.IN_CREATE, name: "x.png"}}, false},
 		"two": {append(rawEvent(1, unix.IN_CREATE, "a", 3), rawEvent(-1, unix.IN_Q_OVERFLOW, "", 0)...),
 			[]event{{wd: 1, mask: unix.IN_CREATE, name: "a"}, {wd: -1, mask: unix.IN_Q_OVERFLOW}}, false},
-		"short header": {make([]byte, 7), nil, true},
+		"short header":  {make([]byte, 7), nil, true},
 		"name past end": {rawEvent(1, unix.IN_CREATE, "abc", 5)[:unix.SizeofInotifyEvent+2], nil, true},
 	}
 	for name, c := range cases {
