@@ -10,7 +10,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -92,7 +94,7 @@ func Parse(name string, data []byte) (*Config, error) {
 			}
 			return nil, &Error{Problems: []Problem{p}}
 		}
-		return nil, &Error{Problems: []Problem{{File: name, Msg: strings.TrimPrefix(err.Error(), "toml: ")}}}
+		return nil, &Error{Problems: []Problem{decodeProblem(name, err)}}
 	}
 	v := &validator{file: name, lines: lines, md: &md}
 	for _, k := range md.Undecoded() {
@@ -108,6 +110,19 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	cfg.Warnings = v.warns
 	return cfg, nil
+}
+
+// typeErrRE matches the TOML library's type errors, which carry the line
+// only inside the message: `toml: line 2 (last key "container.image"): ...`.
+var typeErrRE = regexp.MustCompile(`^toml: (?:line (\d+) )?\(last key "([^"]*)"\): (.*)$`)
+
+func decodeProblem(name string, err error) Problem {
+	msg := err.Error()
+	if m := typeErrRE.FindStringSubmatch(msg); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		return Problem{File: name, Line: line, Key: m[2], Msg: m[3]}
+	}
+	return Problem{File: name, Msg: strings.TrimPrefix(msg, "toml: ")}
 }
 
 // Defaults returns a config holding every default, as documented in the
