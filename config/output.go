@@ -1,9 +1,11 @@
 package config
 
 import (
+	"fmt"
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -44,6 +46,26 @@ var systemDirs = map[string]bool{
 	"/var/lib": true, "/var/log": true, "/usr/local": true, "/var/lib/docker": true,
 }
 
+// systemTrees are folders nothing below which may be the output folder:
+// locking them (0700 root) would break the system or Docker itself.
+var systemTrees = []string{
+	"/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+	"/sbin", "/sys", "/usr", "/var/lib/docker", "/var/lib/containerd",
+}
+
+// systemFolder says why path may not be the output folder, or "".
+func systemFolder(path string) string {
+	if systemDirs[path] {
+		return fmt.Sprintf("%q is a system folder; point it at the ComfyUI output folder", path)
+	}
+	for _, t := range systemTrees {
+		if strings.HasPrefix(path, t+"/") {
+			return fmt.Sprintf("%q is inside the system folder %s; point it at the ComfyUI output folder", path, t)
+		}
+	}
+	return ""
+}
+
 // LookupUID resolves a user name or numeric uid.
 func LookupUID(s string) (int, error) {
 	if n, err := strconv.Atoi(s); err == nil && n >= 0 {
@@ -74,10 +96,10 @@ func (o *Output) validate(v *validator, c *Container) {
 	}
 	if !filepath.IsAbs(o.Path) {
 		v.errorf("output.path", "must be an absolute path, got %q", o.Path)
-	} else if clean := filepath.Clean(o.Path); systemDirs[clean] {
-		v.errorf("output.path", "%q is a system folder; point it at the ComfyUI output folder", o.Path)
+	} else if msg := systemFolder(filepath.Clean(o.Path)); msg != "" {
+		v.errorf("output.path", "%s", msg)
 	} else {
-		o.Path = clean
+		o.Path = filepath.Clean(o.Path)
 	}
 	uid, err := LookupUID(o.Owner)
 	if err != nil {
@@ -98,24 +120,94 @@ func (o *Output) validate(v *validator, c *Container) {
 	if o.FullPassInterval != 0 && o.FullPassInterval.D() < time.Second {
 		v.errorf("output.full_pass_interval", "must be \"0\" (off) or at least 1s")
 	}
-	// A container that runs as another uid must still be able to write.
-	if c.User != "" {
-		cu := c.User
-		if i := indexByte(cu, ':'); i >= 0 {
-			cu = cu[:i]
-		}
-		cuid, err := strconv.Atoi(cu)
-		if err == nil && cuid != 0 && cuid != uid {
-			v.warnf("output.owner", "container runs as uid %d but the output folder is locked to uid %d (gid %d) mode %04o: ComfyUI may be unable to write", cuid, uid, gid, uint32(o.DirMode))
-		}
+	if !o.Watch && o.FullPassInterval == 0 {
+		v.warnf("output.watch", "watch = false and full_pass_interval = \"0\": the folder is locked only at start and on reload")
+	}
+	if len(v.errs) > 0 {
+		return
+	}
+	// A container that runs as another user must still be able to write.
+	if msg := lockout(ParseContainerUser(c.User), uid, gid, o.DirMode, o.FileMode); msg != "" {
+		v.warnf("output.owner", "%s", msg)
+	}
+	if !mounted(o.Path, c.Volumes) {
+		v.warnf("output.path", "%s is not in container.volumes: zguard would lock a folder ComfyUI does not write to (mount it, e.g. \"%s:/root/ComfyUI/output\")", o.Path, o.Path)
 	}
 }
 
-func indexByte(s string, b byte) int {
-	for i := 0; i < len(s); i++ {
-		if s[i] == b {
-			return i
+// ContainerUser is container.user as Docker reads it: "user[:group]",
+// each part a name or a number. Names are resolved inside the image, so
+// the host cannot know their ids: UID and GID are -1 then (and when unset).
+type ContainerUser struct {
+	User, Group string
+	UID, GID    int
+}
+
+// ParseContainerUser splits container.user. An empty string is the image's
+// own default user.
+func ParseContainerUser(s string) ContainerUser {
+	u := ContainerUser{UID: -1, GID: -1}
+	u.User, u.Group, _ = strings.Cut(s, ":")
+	if n, err := strconv.ParseUint(u.User, 10, 31); err == nil {
+		u.UID = int(n)
+	}
+	if n, err := strconv.ParseUint(u.Group, 10, 31); err == nil {
+		u.GID = int(n)
+	}
+	return u
+}
+
+// IsRoot reports whether the container runs as root (which can write
+// whatever the owner and modes; Docker gives it CAP_DAC_OVERRIDE).
+func (u ContainerUser) IsRoot() bool { return u.User == "root" || u.UID == 0 }
+
+// lockout says how the locked owner/modes keep the container user from
+// writing its images or reading them back (ComfyUI's /view, previews), or
+// "" when they do not. The image's default user (no container.user) is
+// assumed to be root, as it is in ComfyUI images.
+func lockout(u ContainerUser, uid, gid int, dirMode, fileMode Mode) string {
+	if u.User == "" || u.IsRoot() {
+		return ""
+	}
+	who := fmt.Sprintf("uid %d", u.UID)
+	if u.UID < 0 {
+		return fmt.Sprintf("container runs as %q, a name zguard cannot resolve outside the image: make sure that user is %d (the locked owner) or root, or ComfyUI may be unable to write its images", u.User, uid)
+	}
+	if u.Group != "" {
+		who += ":" + u.Group
+	}
+	// Access as the kernel checks it: the owner's bits if the uid matches,
+	// else the group's if the gid does, else the others'.
+	bits := func(m Mode) Mode {
+		switch {
+		case u.UID == uid:
+			return m >> 6 & 7
+		case u.GID >= 0 && u.GID == gid:
+			return m >> 3 & 7
+		}
+		return m & 7
+	}
+	lock := fmt.Sprintf("the output folder is locked to %d:%d with dir_mode %04o, file_mode %04o", uid, gid, uint32(dirMode), uint32(fileMode))
+	if bits(dirMode)&3 != 3 {
+		return fmt.Sprintf("container runs as %s but %s: ComfyUI cannot write its images (set owner = \"%d\" or run the container as root)", who, lock, u.UID)
+	}
+	if bits(fileMode)&4 == 0 {
+		return fmt.Sprintf("container runs as %s but %s: ComfyUI cannot read its images back (/view, previews)", who, lock)
+	}
+	return ""
+}
+
+// mounted reports whether path is (inside, or holds) a bind mount source.
+func mounted(path string, volumes []string) bool {
+	for _, s := range volumes {
+		vol, err := ParseVolume(s)
+		if err != nil || vol.ReadOnly {
+			continue
+		}
+		h := filepath.Clean(vol.Host)
+		if h == path || strings.HasPrefix(path, h+"/") || strings.HasPrefix(h, path+"/") {
+			return true
 		}
 	}
-	return -1
+	return false
 }
