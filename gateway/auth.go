@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sync/singleflight"
@@ -64,6 +65,8 @@ type authenticator struct {
 	sem   chan struct{}
 	group singleflight.Group
 	cache *verdictCache
+	// bcrypts counts verifications actually run (for status and tests).
+	bcrypts atomic.Uint64
 }
 
 func newAuthenticator(concurrency, cacheSize int) *authenticator {
@@ -146,6 +149,7 @@ func (a *authenticator) checkPassword(ctx context.Context, creds *credentials, u
 			case <-ctx.Done():
 				return false, ctx.Err()
 			}
+			a.bcrypts.Add(1)
 			ok := bcrypt.CompareHashAndPassword(hash, []byte(pass)) == nil
 			<-a.sem
 			a.cache.put(key, ok)
