@@ -236,9 +236,9 @@ func TestCrossSiteRefused(t *testing.T) {
 	auth := basic("alice", alicePW)
 	before := fakeStats(t, up).Prompts
 	for name, hdr := range map[string]map[string]string{
-		"foreign origin":      {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
-		"no origin, cross":    {"Sec-Fetch-Site": "cross-site"},
-		"null origin":         {"Origin": "null"},
+		"foreign origin":        {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+		"no origin, cross":      {"Sec-Fetch-Site": "cross-site"},
+		"null origin":           {"Origin": "null"},
 		"same host, other port": {"Origin": "http://127.0.0.1:1"},
 	} {
 		hdr["Authorization"] = auth
