@@ -355,6 +355,7 @@ func (f *Firewall) reconcileLocked(ctx context.Context, reason string, expected 
 		if !now.Before(until) {
 			delete(f.bans, a)
 			f.log.Info("ban expired", "addr", a)
+			expected = true // the rule change is the expiry, not drift
 		}
 	}
 	s := buildSpec(f.cfg, f.allow, f.bans, now, f.engine(), f.published())
