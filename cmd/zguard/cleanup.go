@@ -46,4 +46,3 @@ func cmdCleanup(ctx context.Context, g *globals, args []string) int {
 	fmt.Printf("removed zguard firewall rules (chain prefix %s)\n", *prefix)
 	return 0
 }
-
