@@ -2,19 +2,28 @@ package gpu
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
 	"github.com/zguard/zguard/gpu/fakenvml"
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	fakenvml.RemoveShared()
+	os.Exit(code)
+}
+
 // TestFakeLibrary drives the sampler through go-nvml's real cgo/dlopen path
-// against the fake libnvidia-ml.so.1 built from testdata/. It is one test
-// with steps because a process can only bind NVML's symbols to one library.
+// against the fake libnvidia-ml.so.1 built from testdata/.
 func TestFakeLibrary(t *testing.T) {
 	const gib = 1 << 30
-	lib, statePath := fakenvml.Build(t, fakenvml.State{
+	lib, statePath := fakenvml.Shared(t, fakenvml.State{
 		Driver: "555.42.06",
 		Devices: []fakenvml.Device{
 			{Index: 0, Total: 80 * gib, Used: 10 * gib, Name: "Fake H100"},
@@ -53,5 +62,71 @@ func TestFakeLibrary(t *testing.T) {
 	lost := s.sample(0)
 	if !errors.Is(lost.err, errGPULost) {
 		t.Errorf("lost GPU sample error = %v, want errGPULost", lost.err)
+	}
+}
+
+// TestWatchdogThroughFakeLibrary runs the whole watchdog with Deps.NVML
+// nil, so it loads the configured nvml_library itself, as the agent does.
+func TestWatchdogThroughFakeLibrary(t *testing.T) {
+	const gib = 1 << 30
+	st := fakenvml.State{
+		Devices: []fakenvml.Device{{Index: 0, Total: 80 * gib, Used: 8 * gib}},
+		Procs:   []fakenvml.Proc{{Device: 0, PID: 100, Memory: 6 * gib}, {Device: 0, PID: 200, Memory: 1 * gib}},
+	}
+	lib, statePath := fakenvml.Shared(t, st)
+	procRoot := t.TempDir()
+	writeCgroup(t, procRoot, 100, ourID)
+	writeCgroup(t, procRoot, 200, otherID)
+	comfy, killer := &fakeComfy{}, &fakeKiller{}
+	killer.onKill = func() {
+		st.Devices[0].Used, st.Procs = 8*gib, st.Procs[1:]
+		if err := st.Write(statePath); err != nil {
+			t.Error(err)
+		}
+	}
+	w := New(Deps{Interrupter: comfy, Killer: killer, Locator: fixedLocator(ourID), ProcRoot: procRoot})
+	cfg := fastConfig()
+	cfg.NVMLLibrary = lib
+	r := &rig{w: w, comfy: comfy, killer: killer}
+	r.start(t, cfg)
+	waitFor(t, "a sample through the fake library", func() bool { return len(w.Status().Devices) == 1 })
+	if s := w.Status(); !s.Available || s.Driver != "999.99.99-fake" || s.Devices[0].MemoryUsed != 8*gib {
+		t.Fatalf("status = %+v", s)
+	}
+	// Ramp until the watchdog kills pid 100.
+	for used := uint64(8 * gib); len(killer.killed()) == 0 && used < 80*gib; used += gib {
+		st.Devices[0].Used = used
+		st.Procs[0].Memory = int64(used) - gib
+		if err := st.Write(statePath); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitFor(t, "the kill in the status", func() bool { return w.Status().Counters.Kills > 0 })
+	if n, _ := comfy.count(); n != 1 {
+		t.Errorf("interrupts = %d, want 1 before the kill; actions %+v", n, w.Status().Actions)
+	}
+	if k := killer.killed(); len(k) != 1 || k[0] != 100 {
+		t.Errorf("killed %v, want [100]", k)
+	}
+	acts := w.Status().Actions
+	if len(acts) < 2 || acts[0].Action != "interrupt" || acts[len(acts)-1].Action != "kill" {
+		t.Errorf("actions = %+v", acts)
+	}
+	for _, a := range acts {
+		if a.Action == "kill" && a.Memory >= 80*gib {
+			t.Errorf("kill at %s: too late", fmtBytes(a.Memory))
+		}
+	}
+}
+
+func writeCgroup(t *testing.T, root string, pid int, id string) {
+	t.Helper()
+	dir := filepath.Join(root, strconv.Itoa(pid))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cgroup"), []byte("12:memory:/docker/"+id+"\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

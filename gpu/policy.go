@@ -77,29 +77,67 @@ type observation struct {
 	err   error // the sample failed; used/total are meaningless
 }
 
+// rateWindow is the shortest span a growth rate is measured over, so
+// allocations that arrive in steps (sampled faster than they happen) still
+// give a steady rate.
+const rateWindow = 200 * time.Millisecond
+
+// point is one past usage reading.
+type point struct {
+	at   time.Time
+	used uint64
+}
+
 // deviceState is what the policy remembers about one device between
 // samples. Its zero value is a device never seen.
 type deviceState struct {
-	prevAt   time.Time
-	prevUsed uint64
-	rate     float64 // bytes/s over the last interval (may be negative)
-	lastRate float64 // bytes/s over the interval before
-	peakRate float64 // decaying maximum of positive rates, for the sleep
+	hist      []point // recent readings, oldest first
+	rate      float64 // bytes/s over the last interval (may be negative)
+	sustained float64 // bytes/s the predictions trust (see sustainedRate)
+	peakRate  float64 // decaying maximum of positive rates, for the sleep
 
 	phase      phase
 	phaseSince time.Time
+	actionUsed uint64    // usage when the last interrupt was sent
 	lastAction time.Time // zero: never acted
 }
 
+// last returns the newest reading.
+func (s deviceState) last() (point, bool) {
+	if len(s.hist) == 0 {
+		return point{}, false
+	}
+	return s.hist[len(s.hist)-1], true
+}
+
+// windowRate is the growth rate from the newest reading that lies at least
+// w before hist[end], up to hist[end]; k is that older reading's index.
+func windowRate(h []point, end int, w time.Duration) (rate float64, k int, ok bool) {
+	for k = end - 1; k >= 0; k-- {
+		if dt := h[end].at.Sub(h[k].at); dt >= w {
+			return (float64(h[end].used) - float64(h[k].used)) / dt.Seconds(), k, true
+		}
+	}
+	return 0, 0, false
+}
+
 // sustainedRate is the growth rate the predictions trust: the smaller of
-// the last two intervals' rates, so a single step (a model being loaded)
-// does not look like a runaway ramp, while a real ramp does.
-func (s deviceState) sustainedRate() float64 {
-	r := math.Min(s.rate, s.lastRate)
-	if r < 0 {
+// the rates over the last two windows of at least w each, so a single step
+// (a model being loaded) does not look like a runaway ramp, while a real
+// ramp does, however it is sampled.
+func sustainedRate(h []point, w time.Duration) float64 {
+	if len(h) < 3 {
 		return 0
 	}
-	return r
+	r1, k, ok1 := windowRate(h, len(h)-1, w)
+	if !ok1 {
+		return 0
+	}
+	r2, _, ok2 := windowRate(h, k, w)
+	if !ok2 {
+		return 0
+	}
+	return math.Max(0, math.Min(r1, r2))
 }
 
 // decision is the outcome of one policy step.
@@ -109,22 +147,33 @@ type decision struct {
 	reason  string
 }
 
-// observe folds a successful observation into the state: growth rates and
-// the decaying peak rate. Failed observations leave the state alone.
-func observe(st deviceState, o observation) deviceState {
+// observe folds a successful observation into the state: history, growth
+// rates and the decaying peak rate. Failed observations leave it alone.
+func observe(p policy, st deviceState, o observation) deviceState {
 	if o.err != nil {
 		return st
 	}
-	if !st.prevAt.IsZero() {
-		dt := o.at.Sub(st.prevAt).Seconds()
-		if dt > 0.001 {
-			r := (float64(o.used) - float64(st.prevUsed)) / dt
-			st.lastRate, st.rate = st.rate, r
-			decay := math.Pow(0.5, dt/rateHalfLife.Seconds())
-			st.peakRate = math.Max(st.peakRate*decay, r)
+	w := max(p.pollInterval, rateWindow)
+	if prev, ok := st.last(); ok {
+		dt := o.at.Sub(prev.at).Seconds()
+		if dt <= 0.0005 {
+			return st // the same instant twice: nothing to learn
 		}
+		st.rate = (float64(o.used) - float64(prev.used)) / dt
+		decay := math.Pow(0.5, dt/rateHalfLife.Seconds())
+		st.peakRate = math.Max(st.peakRate*decay, st.rate)
 	}
-	st.prevAt, st.prevUsed = o.at, o.used
+	// Keep what two rate windows need, plus one reading before them.
+	hist := append(st.hist[:len(st.hist):len(st.hist)], point{o.at, o.used})
+	cut := 0
+	for cut < len(hist)-3 && o.at.Sub(hist[cut+1].at) >= 2*w+w/2 {
+		cut++
+	}
+	if len(hist)-cut > 256 {
+		cut = len(hist) - 256
+	}
+	st.hist = hist[cut:]
+	st.sustained = sustainedRate(st.hist, w)
 	if st.phase == "" {
 		st.phase = phaseIdle
 	}
@@ -144,10 +193,10 @@ func decide(p policy, st deviceState, o observation) (deviceState, decision) {
 	if o.err != nil {
 		return st, decision{}
 	}
-	st = observe(st, o)
+	st = observe(p, st, o)
 	now := o.at
 	soft, hard := p.soft.Of(o.total), p.hard.Of(o.total)
-	rate := st.sustainedRate()
+	rate := st.sustained
 
 	overSoft := o.used >= soft
 	predicted := p.predict > 0 && rate > 0 && float64(o.used)+rate*p.predict.Seconds() >= float64(hard)
@@ -184,20 +233,28 @@ func decide(p policy, st deviceState, o observation) (deviceState, decision) {
 	}
 
 	if st.phase == phaseInterrupted {
-		if !overSoft && !predicted {
-			// The interrupt worked.
+		over := overSoft || predicted
+		switch {
+		case !over && o.used < st.actionUsed:
+			// The interrupt worked: memory is going down.
 			st.phase, st.phaseSince = phaseIdle, now
-			return st, decision{}
-		}
-		if now.Sub(st.phaseSince) >= p.grace {
-			return kill(trigGrace, fmt.Sprintf("memory %s still over soft limit %s %s after the interrupt",
+		case now.Sub(st.phaseSince) < p.grace:
+			// Wait: the interrupt is cooperative, and takes a step to land.
+		case over:
+			return kill(trigGrace, fmt.Sprintf("memory %s still over soft limit %s (or heading for the hard limit) %s after the interrupt",
 				fmtBytes(o.used), fmtBytes(soft), p.grace))
+		case rate == 0:
+			// Growth stopped below the soft limit by itself.
+			st.phase, st.phaseSince = phaseIdle, now
+		default:
+			// Still growing, if slowly: stay on the ladder, so crossing
+			// the soft limit later escalates at once.
 		}
 		return st, decision{}
 	}
 
 	if (overSoft || predicted) && !coolingDown {
-		st.phase, st.phaseSince, st.lastAction = phaseInterrupted, now, now
+		st.phase, st.phaseSince, st.lastAction, st.actionUsed = phaseInterrupted, now, now, o.used
 		if overSoft {
 			return st, decision{action: actInterrupt, trigger: trigSoft,
 				reason: fmt.Sprintf("memory %s over soft limit %s", fmtBytes(o.used), fmtBytes(soft))}
@@ -229,10 +286,12 @@ func confirmKill(p policy, st deviceState, d decision, fresh observation) bool {
 	case trigPredictPoll:
 		// Still at least where the decision saw it, and still heading for
 		// the hard limit within one poll at the rate seen then.
-		return fresh.used >= st.prevUsed &&
-			float64(fresh.used)+st.sustainedRate()*p.pollInterval.Seconds() >= float64(hard)
+		prev, _ := st.last()
+		return fresh.used >= prev.used &&
+			float64(fresh.used)+st.sustained*p.pollInterval.Seconds() >= float64(hard)
 	case trigGrace:
-		return fresh.used >= soft || fresh.used >= st.prevUsed
+		prev, _ := st.last()
+		return fresh.used >= soft || fresh.used >= prev.used
 	}
 	return false
 }

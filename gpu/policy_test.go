@@ -136,6 +136,16 @@ func TestDecide(t *testing.T) {
 			afterKill: 5,
 			want:      []event{{500 * ms, actInterrupt, trigPredict}, {1500 * ms, actKill, trigPredictPoll}},
 		},
+		"growth stops below soft after a predicted interrupt: no kill": {
+			steps: concat(ramp(0, 4*s, 20, 10, 80), flat(4250*ms, 20*s, 60, true)),
+			want:  []event{{4 * s, actInterrupt, trigPredict}},
+		},
+		"slow growth after the interrupt keeps the ladder: crossing soft later kills at once": {
+			// Predicted interrupt at 4s, then 0.5 GiB/s: soft (72) at 28s.
+			steps:     concat(ramp(0, 4*s, 20, 10, 80), ramp(4250*ms, 30*s, 60.125, 0.5, 80)),
+			afterKill: 5,
+			want:      []event{{4 * s, actInterrupt, trigPredict}, {28 * s, actKill, trigGrace}},
+		},
 		"spike and drop: one interrupt, no kill": {
 			steps: concat(flat(0, 2*s, 40, true), []step{{at: 2250 * ms, used: 75, ours: true}}, flat(2500*ms, 20*s, 40, true)),
 			want:  []event{{2250 * ms, actInterrupt, trigSoft}},
@@ -204,20 +214,20 @@ func TestDecide(t *testing.T) {
 func TestConfirmKill(t *testing.T) {
 	p := testPolicy()
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	rising := deviceState{prevUsed: 76 * gib, rate: 10 * gib, lastRate: 10 * gib}
+	rising := deviceState{hist: []point{{now, 76 * gib}}, sustained: 10 * gib}
 	cases := map[string]struct {
 		st    deviceState
 		d     decision
 		fresh observation
 		want  bool
 	}{
-		"hard: still over":           {d: decision{actKill, trigHard, ""}, fresh: observation{used: 79 * gib, total: 80 * gib}, want: true},
+		"hard: still over":            {d: decision{actKill, trigHard, ""}, fresh: observation{used: 79 * gib, total: 80 * gib}, want: true},
 		"hard: dropped":               {d: decision{actKill, trigHard, ""}, fresh: observation{used: 40 * gib, total: 80 * gib}, want: false},
 		"re-read failed: no kill":     {d: decision{actKill, trigHard, ""}, fresh: observation{err: errors.New("x")}, want: false},
 		"predict-poll: still rising":  {st: rising, d: decision{actKill, trigPredictPoll, ""}, fresh: observation{used: 77 * gib, total: 80 * gib}, want: true},
 		"predict-poll: turned around": {st: rising, d: decision{actKill, trigPredictPoll, ""}, fresh: observation{used: 70 * gib, total: 80 * gib}, want: false},
-		"grace: still over soft":      {st: deviceState{prevUsed: 74 * gib}, d: decision{actKill, trigGrace, ""}, fresh: observation{used: 74 * gib, total: 80 * gib}, want: true},
-		"grace: dropped":              {st: deviceState{prevUsed: 74 * gib}, d: decision{actKill, trigGrace, ""}, fresh: observation{used: 20 * gib, total: 80 * gib}, want: false},
+		"grace: still over soft":      {st: deviceState{hist: []point{{now, 74 * gib}}}, d: decision{actKill, trigGrace, ""}, fresh: observation{used: 74 * gib, total: 80 * gib}, want: true},
+		"grace: dropped":              {st: deviceState{hist: []point{{now, 74 * gib}}}, d: decision{actKill, trigGrace, ""}, fresh: observation{used: 20 * gib, total: 80 * gib}, want: false},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -283,5 +293,34 @@ func TestFmtBytes(t *testing.T) {
 		if got := fmtBytes(in); got != want {
 			t.Errorf("fmtBytes(%d) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// A ramp whose allocations arrive in steps every 40ms, sampled every 20ms
+// (the adaptive sleep's floor): half the intervals show no growth. The
+// windowed rate must still see the ramp: one interrupt, then one kill
+// before the device is full.
+func TestDecideStaircaseRamp(t *testing.T) {
+	p := testPolicy()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var st deviceState
+	var evs []event
+	for i := 0; i < 400; i++ {
+		at := time.Duration(i) * 20 * time.Millisecond
+		used := 10*gib + uint64(i/2)*gib/2 // +0.5 GiB every 40ms = 12.5 GiB/s
+		if used > 80*gib {
+			t.Fatalf("the device filled up; events so far %v", evs)
+		}
+		var d decision
+		st, d = decide(p, st, observation{at: t0.Add(at), used: used, total: 80 * gib, ours: true})
+		if d.action != actNone {
+			evs = append(evs, event{at, d.action, d.trigger})
+		}
+		if d.action == actKill {
+			break
+		}
+	}
+	if len(evs) != 2 || evs[0].action != actInterrupt || evs[0].trigger != trigPredict || evs[1].action != actKill {
+		t.Errorf("events = %v, want one predicted interrupt, then a kill", evs)
 	}
 }

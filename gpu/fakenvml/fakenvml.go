@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -87,15 +88,15 @@ func Source() string {
 	return filepath.Join(filepath.Dir(file), "..", "testdata", "fakenvml", "fakenvml.c")
 }
 
-// Build compiles the fake library with gcc into a fresh directory of the
-// test and returns the library's path and the state file it reads (which
-// starts out holding initial).
-func Build(t testing.TB, initial State) (lib, state string) {
+// Build compiles the fake library with gcc into dir and returns the
+// library's path and the state file it reads (dir/nvml.state, which starts
+// out holding initial). Use it when another process loads the library
+// (the zguard binary in end-to-end tests).
+func Build(t testing.TB, dir string, initial State) (lib, state string) {
 	t.Helper()
 	if _, err := exec.LookPath("gcc"); err != nil {
 		t.Skip("gcc not installed; the fake NVML library cannot be built")
 	}
-	dir := t.TempDir()
 	lib = filepath.Join(dir, "libnvidia-ml.so.1")
 	state = filepath.Join(dir, "nvml.state")
 	if err := initial.Write(state); err != nil {
@@ -107,4 +108,43 @@ func Build(t testing.TB, initial State) (lib, state string) {
 		t.Fatalf("building fake NVML library: %v\n%s", err, out)
 	}
 	return lib, state
+}
+
+var shared struct {
+	sync.Mutex
+	dir, lib string
+}
+
+// Shared returns the one fake library this test process loads itself, and
+// a fresh state file for the calling test (pointed to by FAKE_NVML_STATE
+// for the test's duration). One library per process: go-nvml binds NVML's
+// symbols to the first library loaded, for the life of the process.
+// Call RemoveShared from TestMain when the tests are done.
+func Shared(t *testing.T, initial State) (lib, state string) {
+	t.Helper()
+	shared.Lock()
+	defer shared.Unlock()
+	if shared.lib == "" {
+		dir, err := os.MkdirTemp("", "zguard-fakenvml-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		shared.dir = dir
+		shared.lib, _ = Build(t, dir, State{})
+	}
+	state = filepath.Join(t.TempDir(), "nvml.state")
+	if err := initial.Write(state); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FAKE_NVML_STATE", state)
+	return shared.lib, state
+}
+
+// RemoveShared deletes the shared library's directory.
+func RemoveShared() {
+	shared.Lock()
+	defer shared.Unlock()
+	if shared.dir != "" {
+		os.RemoveAll(shared.dir)
+	}
 }
