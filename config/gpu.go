@@ -5,7 +5,8 @@ import (
 	"time"
 )
 
-// GPU configures the GPU memory watchdog.
+// GPU configures the GPU memory watchdog. Limits are percentages of a
+// device's memory ("90%") or absolute sizes ("70GiB").
 type GPU struct {
 	Enabled      bool         `toml:"enabled"`
 	Devices      GPUSelection `toml:"devices"`
@@ -52,5 +53,26 @@ func (g *GPU) validate(v *validator) {
 	}
 	if g.NVMLLibrary != "" && !filepath.IsAbs(g.NVMLLibrary) {
 		v.errorf("gpu.nvml_library", "must be an absolute path, got %q", g.NVMLLibrary)
+	}
+	if g.Grace.D() > 10*time.Minute {
+		v.errorf("gpu.grace", "must be at most 10m, got %s", g.Grace.D())
+	}
+	if g.Predict.D() > time.Minute {
+		v.errorf("gpu.predict", "must be at most 1m (\"0\" turns prediction off), got %s", g.Predict.D())
+	}
+	if g.Cooldown.D() > time.Hour {
+		v.errorf("gpu.cooldown", "must be at most 1h, got %s", g.Cooldown.D())
+	}
+	if g.MaxJobRuntime.D() != 0 && g.MaxJobRuntime.D() < time.Second {
+		v.errorf("gpu.max_job_runtime", "must be \"0\" (off) or at least 1s, got %s", g.MaxJobRuntime.D())
+	}
+	if !g.Enabled {
+		return
+	}
+	if (g.SoftLimit.Percent > 0) != (g.HardLimit.Percent > 0) {
+		v.warnf("gpu.soft_limit", "soft_limit and hard_limit use different units; their order is checked per device at run time")
+	}
+	if g.HardLimit.Percent >= 100 {
+		v.warnf("gpu.hard_limit", "a hard_limit of 100%% acts only after the GPU is already full")
 	}
 }

@@ -61,6 +61,14 @@ func policyFrom(c config.GPU) policy {
 	}
 }
 
+// limits resolves soft and hard limits for a device of total bytes. Mixed
+// units (a percentage and a size) can only be ordered here; a soft limit
+// above the hard one is lowered to it.
+func (p policy) limits(total uint64) (soft, hard uint64) {
+	soft, hard = p.soft.Of(total), p.hard.Of(total)
+	return min(soft, hard), hard
+}
+
 // minSleep is the shortest pause between samples, however fast memory grows.
 const minSleep = 20 * time.Millisecond
 
@@ -195,7 +203,7 @@ func decide(p policy, st deviceState, o observation) (deviceState, decision) {
 	}
 	st = observe(p, st, o)
 	now := o.at
-	soft, hard := p.soft.Of(o.total), p.hard.Of(o.total)
+	soft, hard := p.limits(o.total)
 	rate := st.sustained
 
 	overSoft := o.used >= soft
@@ -279,7 +287,7 @@ func confirmKill(p policy, st deviceState, d decision, fresh observation) bool {
 	if fresh.err != nil {
 		return false
 	}
-	soft, hard := p.soft.Of(fresh.total), p.hard.Of(fresh.total)
+	soft, hard := p.limits(fresh.total)
 	switch d.trigger {
 	case trigHard:
 		return fresh.used >= hard
@@ -308,7 +316,7 @@ func nextSleep(p policy, st deviceState, used, total uint64) time.Duration {
 	if st.peakRate <= 0 {
 		return max
 	}
-	soft, hard := p.soft.Of(total), p.hard.Of(total)
+	soft, hard := p.limits(total)
 	var headroom float64
 	switch {
 	case used < soft:

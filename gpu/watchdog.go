@@ -472,10 +472,11 @@ func (w *Watchdog) record(a Action) {
 }
 
 func deviceStatus(ds deviceSample, procs []Process, pol policy, st deviceState) DeviceStatus {
+	soft, hard := pol.limits(ds.total)
 	d := DeviceStatus{
 		Index: ds.index, Name: ds.name, UUID: ds.uuid,
 		MemoryUsed: ds.used, MemoryTotal: ds.total,
-		SoftLimit: pol.soft.Of(ds.total), HardLimit: pol.hard.Of(ds.total),
+		SoftLimit: soft, HardLimit: hard,
 		GrowthRate: st.rate, Phase: string(st.phase), Processes: procs,
 	}
 	if d.Phase == "" {
