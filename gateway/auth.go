@@ -40,12 +40,15 @@ type credentials struct {
 
 func newCredentials(users []credfile.User, tokens []credfile.Token) (*credentials, error) {
 	c := &credentials{users: make(map[string][]byte, len(users)), tokens: tokens}
-	cost := bcrypt.DefaultCost
+	cost := 0
 	for _, u := range users {
 		c.users[u.Name] = u.Hash
 		if n, err := bcrypt.Cost(u.Hash); err == nil && n > cost {
 			cost = n
 		}
+	}
+	if cost == 0 {
+		cost = bcrypt.DefaultCost
 	}
 	var pw [18]byte
 	_, _ = rand.Read(pw[:])
