@@ -102,13 +102,14 @@ type banEntry struct {
 // New returns a gateway that serves nothing until Apply enables it.
 func New(d Deps) *Gateway {
 	if d.Log == nil {
-		d.Log = slog.Default()
+		// The agent hands in its subsystem child logger; alone, make one.
+		d.Log = slog.Default().With("subsystem", "gateway")
 	}
 	if d.Now == nil {
 		d.Now = time.Now
 	}
 	g := &Gateway{
-		log:       d.Log.With("subsystem", "gateway"),
+		log:       d.Log,
 		now:       d.Now,
 		banner:    d.Banner,
 		limits:    newPromptLimits(),
