@@ -52,10 +52,14 @@ func defaultGateway() Gateway {
 		PromptsPerMinute:     30,
 		MaxBody:              ByteSize(64 << 20),
 		Lockout:              Lockout{Failures: 5, Window: Duration(10 * time.Minute), Ban: Duration(time.Hour)},
+		// ComfyUI-Manager's install/config routes (legacy and its v2 API);
+		// the gateway matches each pattern with and without "/api", and
+		// after path normalisation. "/v2/*" as a whole would break ComfyUI's
+		// own /v2/userdata, so only Manager's v2 prefixes are listed.
 		BlockPaths: []string{
-			"/manager/*", "/api/manager/*", "/customnode/*", "/api/customnode/*",
-			"/externalmodel/*", "/api/externalmodel/*", "/snapshot/*", "/api/snapshot/*",
-			"/comfyui_manager/*", "/api/comfyui_manager/*", "/v2/*", "/api/v2/*",
+			"/manager/*", "/customnode/*", "/externalmodel/*", "/snapshot/*", "/comfyui_manager/*",
+			"/v2/manager/*", "/v2/customnode/*", "/v2/externalmodel/*", "/v2/snapshot/*", "/v2/comfyui_manager/*",
+			"/userdata/*ComfyUI-Manager*",
 		},
 		AuditLog: "/var/log/zguard/audit.jsonl",
 	}
@@ -102,6 +106,14 @@ func (g *Gateway) validate(v *validator, c *Container, f *Firewall) {
 		v.errorf("gateway.upstream", "is required (no container port to derive it from)")
 	} else {
 		checkURL(v, "gateway.upstream", g.Upstream)
+	}
+	if g.BcryptConcurrency < 0 {
+		v.errorf("gateway.bcrypt_concurrency", "must not be negative (0 = number of CPUs)")
+	}
+	for i, a := range g.Admins {
+		if a == "" || strings.ContainsAny(a, ": \t") {
+			v.errorf(fmt.Sprintf("gateway.admins[%d]", i), "invalid identity name %q", a)
+		}
 	}
 	if g.MaxConcurrentPrompts < 0 || g.PromptsPerMinute < 0 {
 		v.errorf("gateway.max_concurrent_prompts", "limits must not be negative (0 = unlimited)")

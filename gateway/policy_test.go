@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/zguard/zguard/config"
 )
 
 func TestNormalizePath(t *testing.T) {
@@ -315,5 +317,35 @@ func TestWorkflowDigest(t *testing.T) {
 	}
 	if workflowDigest([]byte("not json")) != "" {
 		t.Error("digest of a non-JSON body")
+	}
+}
+
+func TestDefaultBlockPaths(t *testing.T) {
+	patterns := config.Defaults().Gateway.BlockPaths
+	tests := map[string]struct {
+		path string
+		want bool
+	}{
+		"manager install":          {"/api/manager/queue/install", true},
+		"manager v2":               {"/api/v2/manager/queue/start", true},
+		"customnode v2":            {"/v2/customnode/installed", true},
+		"snapshot":                 {"/snapshot/restore", true},
+		"manager config userdata":  {"/api/userdata/ComfyUI-Manager%2Fconfig.ini", true},
+		"comfyui v2 userdata list": {"/api/v2/userdata", false},
+		"workflow userdata":        {"/api/userdata/workflows%2Fmine.json", false},
+		"prompt":                   {"/api/prompt", false},
+		"view":                     {"/view", false},
+		"ws":                       {"/ws", false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			c, err := normalizePath(tc.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := blocked(patterns, c); got != tc.want {
+				t.Errorf("blocked(%q) = %v, want %v", tc.path, got, tc.want)
+			}
+		})
 	}
 }
