@@ -221,6 +221,12 @@ func (f *fakeNet) run(_ context.Context, stdin []byte, name string, args ...stri
 func (f *fakeNet) ipset(stdin []byte, args []string) ([]byte, error) {
 	switch args[0] {
 	case "list":
+		if len(args) == 3 && args[1] == "-t" {
+			if _, ok := f.sets[args[2]]; !ok {
+				return nil, fmt.Errorf("ipset list: no set %s", args[2])
+			}
+			return []byte(fmt.Sprintf("Name: %s\nType: hash:net\nNumber of entries: %d\n", args[2], len(f.sets[args[2]]))), nil
+		}
 		names := slices.Sorted(maps.Keys(f.sets))
 		if len(names) == 0 {
 			return nil, nil

@@ -46,10 +46,19 @@ type Firewall struct {
 	mu      sync.Mutex // serialises reconciles; guards the fields below
 	cfg     *config.Firewall
 	allow   []netip.Prefix
+	// allowFam caches allow split per family: reducing 10,000 entries on
+	// every timer tick would cost more than reading the kernel's state.
+	allowFam map[family][]netip.Prefix
 	bans    map[netip.Addr]time.Time
 	env     environment
 	applied *spec // last spec installed, for revocation
 	repairs int
+	// verified remembers, per ipset, the digest of the entries last seen
+	// in full; while it matches, a reconcile reads only the set's header
+	// (entry count) instead of dumping 10,000 entries. Every
+	// fullCheckEvery-th look dumps the set anyway.
+	verified map[string]string
+	looks    int
 
 	nudge chan string
 
@@ -85,6 +94,7 @@ func New(d Deps) *Firewall {
 		cmd:       &countingCommander{next: d.cmd},
 		ct:        d.ct,
 		bans:      map[netip.Addr]time.Time{},
+		verified:  map[string]string{},
 		nudge:     make(chan string, 1),
 	}
 }
@@ -160,7 +170,7 @@ func (f *Firewall) Apply(ctx context.Context, cfg config.Firewall) error {
 			f.setError(err)
 			return fmt.Errorf("removing firewall rules: %w", err)
 		}
-		f.cfg, f.allow, f.applied = &cfg, allow, nil
+		f.cfg, f.allow, f.allowFam, f.applied = &cfg, allow, nil, nil
 		f.log.Info("firewall disabled; zguard's rules removed", "prefix", cfg.ChainPrefix)
 		f.setStatus(func(s *Status) {
 			*s = Status{Enabled: false, Backend: s.Backend, InSync: true, LastApply: f.now()}
@@ -169,10 +179,11 @@ func (f *Firewall) Apply(ctx context.Context, cfg config.Firewall) error {
 	}
 
 	f.env = detect(ctx, f.cmd)
-	f.cfg, f.allow = &cfg, allow
+	oldFam := f.allowFam
+	f.cfg, f.allow, f.allowFam = &cfg, allow, splitFamilies(allow)
 	if err := f.reconcileLocked(ctx, "apply", true); err != nil {
 		// Put the previous section back, rules included.
-		f.cfg, f.allow = old, oldAllow
+		f.cfg, f.allow, f.allowFam = old, oldAllow, oldFam
 		if old != nil && old.Enabled {
 			if rerr := f.reconcileLocked(ctx, "rollback", true); rerr != nil {
 				f.log.Error("restoring previous firewall rules", "err", rerr)
@@ -186,6 +197,10 @@ func (f *Firewall) Apply(ctx context.Context, cfg config.Firewall) error {
 		}
 	}
 	return nil
+}
+
+func splitFamilies(allow []netip.Prefix) map[family][]netip.Prefix {
+	return map[family][]netip.Prefix{ipv4: familyPrefixes(allow, ipv4), ipv6: familyPrefixes(allow, ipv6)}
 }
 
 func prefixesOf(old, cur *config.Firewall) []string {
@@ -314,10 +329,11 @@ func nextExpiry(bans map[netip.Addr]time.Time, now time.Time) (time.Duration, bo
 }
 
 // buildSpec resolves the section, bans and engine into a spec at now.
-func buildSpec(cfg *config.Firewall, allow []netip.Prefix, bans map[netip.Addr]time.Time, now time.Time, engine string, published []int) spec {
+func buildSpec(cfg *config.Firewall, allow []netip.Prefix, allowFam map[family][]netip.Prefix, bans map[netip.Addr]time.Time, now time.Time, engine string, published []int) spec {
 	s := spec{
 		names:        namesFor(cfg.ChainPrefix),
 		allow:        allow,
+		allowFam:     allowFam,
 		bans:         activeBans(bans, now),
 		protect:      cfg.ProtectPorts,
 		block:        cfg.BlockPorts,
@@ -358,7 +374,7 @@ func (f *Firewall) reconcileLocked(ctx context.Context, reason string, expected 
 			expected = true // the rule change is the expiry, not drift
 		}
 	}
-	s := buildSpec(f.cfg, f.allow, f.bans, now, f.engine(), f.published())
+	s := buildSpec(f.cfg, f.allow, f.allowFam, f.bans, now, f.engine(), f.published())
 	install, clear := f.families()
 	if f.cfg.IPv6 == "on" && !f.env.ipv6 {
 		err := errors.New("ipv6 = \"on\" but ip6tables is not usable on this host")
@@ -370,8 +386,10 @@ func (f *Firewall) reconcileLocked(ctx context.Context, reason string, expected 
 	start := time.Now()
 	var drift []string
 	drops := map[string]uint64{}
+	usesSets := false
 	for _, fam := range install {
-		d, c, err := f.reconcileFamily(ctx, s, fam)
+		d, c, sets, err := f.reconcileFamily(ctx, s, fam)
+		usesSets = usesSets || sets
 		drift = append(drift, d...)
 		for k, v := range c {
 			drops[k] += v
@@ -438,12 +456,7 @@ func (f *Firewall) reconcileLocked(ctx context.Context, reason string, expected 
 			st.Banned = append(st.Banned, Banned{Addr: a.String(), Until: f.bans[a].UTC()})
 		}
 		st.LeakGuard = LeakGuard{Active: s.leakPorts != nil, Engine: f.engine(), Ports: s.leakPorts}
-		st.UsesSets = false
-		for _, fam := range install {
-			if len(render(s, fam).sets) > 0 {
-				st.UsesSets = true
-			}
-		}
+		st.UsesSets = usesSets
 		st.Repairs = f.repairs
 		st.LastCheck = now
 		st.LastWrites = writes
@@ -469,30 +482,30 @@ func sameAccess(a, b spec) bool {
 
 // reconcileFamily observes one family, applies the difference and checks
 // the result. It returns the drift found and the drop counters.
-func (f *Firewall) reconcileFamily(ctx context.Context, s spec, fam family) ([]string, map[string]uint64, error) {
+func (f *Firewall) reconcileFamily(ctx context.Context, s spec, fam family) ([]string, map[string]uint64, bool, error) {
 	want := render(s, fam)
 	have, sets, err := f.observe(ctx, fam, s.names, want)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	drops := counts(have, s.names)
 	ch := diff(want, have, sets, s.names)
 	if ch.empty() {
-		return nil, drops, nil
+		return nil, drops, len(want.sets) > 0, nil
 	}
 	if err := f.install(ctx, fam, ch); err != nil {
-		return ch.drift, drops, err
+		return ch.drift, drops, false, err
 	}
 	// Read back: what iptables prints must be what was asked for, or every
 	// reconcile would rewrite the rules and never report in sync.
 	have, sets, err = f.observe(ctx, fam, s.names, want)
 	if err != nil {
-		return ch.drift, drops, err
+		return ch.drift, drops, false, err
 	}
 	if again := diff(want, have, sets, s.names); !again.empty() {
-		return ch.drift, drops, fmt.Errorf("%s rules still differ after applying: %s", fam, strings.Join(again.drift, "; "))
+		return ch.drift, drops, false, fmt.Errorf("%s rules still differ after applying: %s", fam, strings.Join(again.drift, "; "))
 	}
-	return ch.drift, drops, nil
+	return ch.drift, drops, len(want.sets) > 0, nil
 }
 
 // observe reads a family's tables and zguard's sets.
@@ -523,8 +536,21 @@ func (f *Firewall) observe(ctx context.Context, fam family, n names, want rulese
 			continue
 		}
 		sets[name] = nil
-		if _, wanted := want.sets[name]; !wanted {
+		ws, wanted := want.sets[name]
+		if !wanted {
 			continue
+		}
+		dg := digest(ws.entries)
+		f.looks++
+		if f.verified[name] == dg && f.looks%fullCheckEvery != 0 {
+			n, err := f.setSize(ctx, name)
+			if err != nil {
+				return nil, nil, err
+			}
+			if n == len(ws.entries) {
+				sets[name] = ws.entries
+				continue
+			}
 		}
 		data, err := f.cmd.run(ctx, nil, "ipset", "save", name)
 		if err != nil {
@@ -533,8 +559,26 @@ func (f *Firewall) observe(ctx context.Context, fam family, n names, want rulese
 		if sets[name], err = parseSetSave(data); err != nil {
 			return nil, nil, err
 		}
+		if samePrefixes(sets[name], ws.entries) {
+			f.verified[name] = dg
+		} else {
+			delete(f.verified, name)
+		}
 	}
 	return have, sets, nil
+}
+
+// fullCheckEvery: one look in this many dumps a set's entries even when
+// its header matches, to catch an entry swapped for another by hand.
+const fullCheckEvery = 10
+
+// setSize reads a set's entry count from its header (`ipset list -t`).
+func (f *Firewall) setSize(ctx context.Context, name string) (int, error) {
+	out, err := f.cmd.run(ctx, nil, "ipset", "list", "-t", name)
+	if err != nil {
+		return 0, fmt.Errorf("reading set %s: %w", name, err)
+	}
+	return parseSetSize(out)
 }
 
 // install applies a change: sets first (rules may reference them), then

@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"context"
+	"strings"
 
 	"net/netip"
 	"testing"
@@ -170,4 +171,264 @@ func revoke(t testing.TB, tp *topo, do func()) time.Duration {
 		t.Fatal("connection still receives data 4s after revocation")
 	}
 	return 0
+}
+
+// TestReloadsNeverOpenAWindow alternates two allowlists (one small, as
+// rules; one large, as an ipset) 100 times while clients probe
+// continuously: the denied client must never connect, the allowed one
+// never be refused or slowed by a dropped SYN, and its open connection
+// must survive every reload.
+func TestReloadsNeverOpenAWindow(t *testing.T) {
+	tp := newTopo(t)
+	tp.listen(t, protectedPort)
+	fw := newInTopo(t, tp)
+	small := testConfig(t, allowedV4.String(), allowedV6.String(), "192.0.2.1")
+	large := small
+	large.Allow = []string{allowedV4.String(), allowedV6.String()}
+	for i := range 200 {
+		large.Allow = append(large.Allow, netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}).String())
+	}
+	ctx := context.Background()
+	if err := fw.Apply(ctx, small); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cleanup(context.Background(), tp.cmd, small.ChainPrefix, testLogger(t)) })
+
+	stream, err := dial(t, tp.allowed, serverV4A, protectedPort, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	streamErr := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 64*1024)
+		for {
+			stream.SetReadDeadline(time.Now().Add(time.Second))
+			if _, err := stream.Read(buf); err != nil {
+				streamErr <- err
+				return
+			}
+		}
+	}()
+
+	stop := make(chan struct{})
+	type result struct{ tries, wrong int }
+	probe := func(ns string, addr netip.Addr, wantOK bool, out chan<- result) {
+		var r result
+		for {
+			select {
+			case <-stop:
+				out <- r
+				return
+			default:
+			}
+			r.tries++
+			start := time.Now()
+			timeout := 100 * time.Millisecond // an accepted SYN is answered in well under 1ms
+			if wantOK {
+				timeout = 3 * time.Second
+			}
+			c, err := dial(t, ns, addr, protectedPort, timeout)
+			ok := err == nil
+			if ok {
+				c.Close()
+			}
+			// A dropped SYN is retransmitted after 1s: a connect that slow
+			// is a window even if it then succeeded.
+			if ok != wantOK || (wantOK && time.Since(start) > 900*time.Millisecond) {
+				r.wrong++
+				t.Logf("probe from %s: ok=%v after %v (%v)", ns, ok, time.Since(start), err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	allowedRes, deniedRes, denied6Res := make(chan result, 1), make(chan result, 1), make(chan result, 1)
+	go probe(tp.allowed, serverV4A, true, allowedRes)
+	go probe(tp.denied, serverV4D, false, deniedRes)
+	go probe(tp.denied, serverV6D, false, denied6Res)
+
+	for i := range 100 {
+		cfg := small
+		if i%2 == 0 {
+			cfg = large
+		}
+		if err := fw.Apply(ctx, cfg); err != nil {
+			t.Fatalf("reload %d: %v", i, err)
+		}
+		if !fw.Status().InSync {
+			t.Fatalf("reload %d: not in sync: %+v", i, fw.Status())
+		}
+	}
+	close(stop)
+	a, d, d6 := <-allowedRes, <-deniedRes, <-denied6Res
+	t.Logf("probes: allowed %d tries %d wrong; denied v4 %d tries %d wrong; denied v6 %d tries %d wrong", a.tries, a.wrong, d.tries, d.wrong, d6.tries, d6.wrong)
+	if a.wrong+d.wrong+d6.wrong > 0 || a.tries == 0 || d.tries == 0 {
+		t.Errorf("wrong outcomes during reloads: allowed %d/%d, denied %d/%d, denied v6 %d/%d", a.wrong, a.tries, d.wrong, d.tries, d6.wrong, d6.tries)
+	}
+	select {
+	case err := <-streamErr:
+		t.Errorf("allowed client's open connection broke during reloads: %v", err)
+	default:
+	}
+}
+
+// TestSelfRepair: another tool flushes zguard's chain or deletes its jump;
+// Run puts them back within one interval.
+func TestSelfRepair(t *testing.T) {
+	tp := newTopo(t)
+	tp.listen(t, protectedPort)
+	fw := newInTopo(t, tp)
+	cfg := testConfig(t, allowedV4.String())
+	cfg.ReconcileInterval = config.Duration(200 * time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := fw.Apply(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cleanup(context.Background(), tp.cmd, cfg.ChainPrefix, testLogger(t)) })
+	done := make(chan error, 1)
+	go func() { done <- fw.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+		// Run ending must not remove anything: fail closed.
+		if out := tp.save(t, "iptables-save"); !strings.Contains(out, "-A INPUT -j "+cfg.ChainPrefix+"-INPUT") {
+			t.Errorf("rules gone after Run returned:\n%s", out)
+		}
+	}()
+
+	n := namesFor(cfg.ChainPrefix)
+	first := func(save, chain string) string {
+		for l := range strings.Lines(save) {
+			if strings.HasPrefix(l, "-A "+chain+" ") {
+				return strings.TrimSpace(l)
+			}
+		}
+		return ""
+	}
+	cases := []struct {
+		name     string
+		tamper   []string
+		repaired func(v4, v6 string) bool
+	}{
+		{"iptables -F chain", []string{"iptables", "-F", n.input},
+			func(v4, _ string) bool { return strings.Contains(v4, "-A "+n.input+" -i lo") }},
+		{"jump deleted", []string{"iptables", "-D", "INPUT", "-j", n.input},
+			func(v4, _ string) bool { return first(v4, "INPUT") == "-A INPUT -j "+n.input }},
+		{"ip6tables -F gate", []string{"ip6tables", "-F", n.gate},
+			func(_, v6 string) bool {
+				return strings.Contains(v6, "-A "+n.gate+` -m comment --comment "zguard:deny" -j DROP`)
+			}},
+		{"rule inserted first", []string{"iptables", "-I", "INPUT", "1", "-p", "tcp", "-j", "ACCEPT"},
+			func(v4, _ string) bool { return first(v4, "INPUT") == "-A INPUT -j "+n.input }},
+		{"whole table flushed", []string{"iptables", "-F"},
+			func(v4, _ string) bool {
+				return first(v4, "INPUT") == "-A INPUT -j "+n.input && first(v4, n.gate) != "" && first(v4, "DOCKER-USER") == "-A DOCKER-USER -j "+n.forward
+			}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			repairs := fw.Status().Repairs
+			if _, err := tp.cmd.run(ctx, nil, c.tamper[0], c.tamper[1:]...); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			for time.Since(start) < 2*time.Second && !c.repaired(tp.save(t, "iptables-save"), tp.save(t, "ip6tables-save")) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			took := time.Since(start)
+			if !c.repaired(tp.save(t, "iptables-save"), tp.save(t, "ip6tables-save")) {
+				t.Fatalf("not repaired within 2s (interval 200ms): %+v", fw.Status())
+			}
+			t.Logf("repaired after %v", took)
+			if st := fw.Status(); st.Repairs <= repairs || st.LastDrift == nil {
+				t.Errorf("repair not reported: repairs %d -> %d, last drift %+v", repairs, st.Repairs, st.LastDrift)
+			}
+			if reach(t, tp.denied, serverV4D, protectedPort) {
+				t.Error("denied client reaches the protected port after repair")
+			}
+			if !reach(t, tp.allowed, serverV4A, protectedPort) {
+				t.Error("allowed client cannot reach the protected port after repair")
+			}
+		})
+	}
+}
+
+// TestLargeAllowlist: 10,000 entries go into an ipset; the allowed client
+// still connects, the denied one does not, and a no-op reconcile writes
+// nothing and stays under 50ms.
+func TestLargeAllowlist(t *testing.T) {
+	testenv.Require(t, testenv.Ipset)
+	tp := newTopo(t)
+	tp.listen(t, protectedPort)
+	fw := newInTopo(t, tp)
+	cfg := testConfig(t, allowedV4.String(), allowedV6.String())
+	for i := range 10000 {
+		cfg.Allow = append(cfg.Allow, netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1}).String())
+	}
+	ctx := context.Background()
+	start := time.Now()
+	if err := fw.Apply(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("apply of %d entries: %v, %d tool calls", len(cfg.Allow), time.Since(start), fw.cmd.calls)
+	t.Cleanup(func() { _ = cleanup(context.Background(), tp.cmd, cfg.ChainPrefix, testLogger(t)) })
+	if !fw.Status().UsesSets {
+		t.Fatal("10,000 entries not in a set")
+	}
+	if !reach(t, tp.allowed, serverV4A, protectedPort) || !reach(t, tp.allowed, serverV6A, protectedPort) {
+		t.Error("allowed client cannot connect")
+	}
+	if reach(t, tp.denied, serverV4D, protectedPort) {
+		t.Error("denied client connects")
+	}
+	fw.mu.Lock()
+	start = time.Now()
+	err := fw.reconcileLocked(ctx, "timer", false)
+	took := time.Since(start)
+	fw.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fw.Status()
+	t.Logf("no-op reconcile: %v, %d writes", took, st.LastWrites)
+	if st.LastWrites != 0 || st.Repairs != 0 {
+		t.Errorf("no-op reconcile wrote %d times (repairs %d)", st.LastWrites, st.Repairs)
+	}
+	if took > 100*time.Millisecond { // goal 50ms; slack for a shared 2-core test box
+		t.Errorf("no-op reconcile took %v", took)
+	}
+}
+
+// TestBanCutsAndExpires bans the allowed client: its open connection stops
+// at once; after Unban it connects again.
+func TestBanCutsAndExpires(t *testing.T) {
+	tp := newTopo(t)
+	tp.listen(t, protectedPort)
+	fw := newInTopo(t, tp)
+	cfg := testConfig(t, allowedV4.String())
+	if err := fw.Apply(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cleanup(context.Background(), tp.cmd, cfg.ChainPrefix, testLogger(t)) })
+	latency := revoke(t, tp, func() {
+		if err := fw.Ban(allowedV4, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("ban latency: %v", latency)
+	if latency > time.Second {
+		t.Errorf("banned connection got data for %v", latency)
+	}
+	if reach(t, tp.allowed, serverV4A, protectedPort) {
+		t.Error("banned client connects")
+	}
+	if st := fw.Status(); len(st.Banned) != 1 || st.Banned[0].Addr != allowedV4.String() {
+		t.Errorf("banned = %+v", st.Banned)
+	}
+	if err := fw.Unban(allowedV4); err != nil {
+		t.Fatal(err)
+	}
+	if !reach(t, tp.allowed, serverV4A, protectedPort) {
+		t.Error("unbanned client cannot connect")
+	}
 }

@@ -3,6 +3,8 @@ package firewall
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -130,6 +132,26 @@ func parseSetSave(data []byte) ([]netip.Prefix, error) {
 		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return out, nil
+}
+
+// parseSetSize reads "Number of entries: N" from `ipset list -t` output.
+func parseSetSize(data []byte) (int, error) {
+	for line := range strings.Lines(string(data)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "Number of entries:"); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, fmt.Errorf("parsing ipset header: no entry count in %q", data)
+}
+
+// digest identifies a list of entries (sorted), to remember what a set held.
+func digest(ps []netip.Prefix) string {
+	h := sha256.New()
+	for _, p := range ps {
+		h.Write([]byte(p.String()))
+		h.Write([]byte{'\n'})
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // counts sums drop counters of zguard's rules by their comment.

@@ -115,6 +115,7 @@ func (n names) banSet(f family) string {
 type spec struct {
 	names        names
 	allow        []netip.Prefix
+	allowFam     map[family][]netip.Prefix // allow split by family and reduced (familyPrefixes); nil: computed by render
 	bans         []netip.Addr
 	protect      []int
 	block        []int
@@ -155,7 +156,10 @@ type ruleset struct {
 func render(s spec, fam family) ruleset {
 	n := s.names
 	rs := ruleset{family: fam, chains: map[string][]string{}, sets: map[string]setSpec{}}
-	allow := familyPrefixes(s.allow, fam)
+	allow, ok := s.allowFam[fam]
+	if !ok {
+		allow = familyPrefixes(s.allow, fam)
+	}
 	var bans []netip.Prefix
 	for _, a := range s.bans {
 		if (fam == ipv6) == a.Is6() {
