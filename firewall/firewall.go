@@ -43,16 +43,16 @@ type Firewall struct {
 	cmd       *countingCommander
 	ct        conntracker
 
-	mu      sync.Mutex // serialises reconciles; guards the fields below
-	cfg     *config.Firewall
-	allow   []netip.Prefix
+	mu    sync.Mutex // serialises reconciles; guards the fields below
+	cfg   *config.Firewall
+	allow []netip.Prefix
 	// allowFam caches allow split per family: reducing 10,000 entries on
 	// every timer tick would cost more than reading the kernel's state.
 	allowFam map[family][]netip.Prefix
-	bans    map[netip.Addr]time.Time
-	env     environment
-	applied *spec // last spec installed, for revocation
-	repairs int
+	bans     map[netip.Addr]time.Time
+	env      environment
+	applied  *spec // last spec installed, for revocation
+	repairs  int
 	// verified remembers, per ipset, the digest of the entries last seen
 	// in full; while it matches, a reconcile reads only the set's header
 	// (entry count) instead of dumping 10,000 entries. Every
