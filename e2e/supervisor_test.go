@@ -1,0 +1,263 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/zguard/zguard/internal/testenv"
+)
+
+// variants builds the four fake images the update tests use.
+func variants(t *testing.T) map[string]string {
+	t.Helper()
+	return map[string]string{
+		"v1": testenv.FakeComfyImage(t, testenv.ImageSpec{Tag: "zguard-fakecomfy:v1", Args: []string{"-version", "v1"}}),
+		"v2": testenv.FakeComfyImage(t, testenv.ImageSpec{Tag: "zguard-fakecomfy:v2", Args: []string{"-version", "v2"}}),
+		"v3": testenv.FakeComfyImage(t, testenv.ImageSpec{Tag: "zguard-fakecomfy:v3", Args: []string{"-version", "v3", "-unhealthy"}}),
+		"v4": testenv.FakeComfyImage(t, testenv.ImageSpec{Tag: "zguard-fakecomfy:v4", Args: []string{"-version", "v4", "-exit-after", "300ms", "-exit-code", "3"}}),
+		"v2slow": testenv.FakeComfyImage(t, testenv.ImageSpec{Tag: "zguard-fakecomfy:v2slow",
+			Args: []string{"-version", "v2slow", "-startup-delay", "6s"}}),
+	}
+}
+
+// servedVersion asks the container on 127.0.0.1:port which version it is.
+func servedVersion(port int) string {
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/fake/stats", port))
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var st struct{ Version string }
+	_ = json.NewDecoder(resp.Body).Decode(&st)
+	return st.Version
+}
+
+// containersNamed lists containers whose name starts with name.
+func containersNamed(t *testing.T, name string) []container.Summary {
+	t.Helper()
+	cli, err := testenv.DockerClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	list, err := cli.ContainerList(context.Background(), container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", name))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list
+}
+
+func updateConfig(ref string, port int, extra string) string {
+	return strings.Replace(baseConfig(ref, port, extra), `pull = "never"`, `pull = "always"`, 1)
+}
+
+func TestUpdateRollbackAndRegistryOutage(t *testing.T) {
+	v := variants(t)
+	reg := StartRegistry(t)
+	ref := reg.Push(v["v1"], "zgtest/comfy:latest")
+	port := FreePort(t)
+	name := testenv.UniqueName("zg-e2e-upd-")
+	a := StartAgent(t, name, strings.Replace(updateConfig(ref, port, ""), `update_interval = "0"`, `update_interval = "2s"`, 1))
+	waitRunning(t, a)
+	if got := servedVersion(port); got != "v1" {
+		t.Fatalf("serving %q, want v1", got)
+	}
+
+	// v2 on the same tag: updated, healthy, old container removed.
+	t0 := time.Now()
+	reg.Push(v["v2"], "zgtest/comfy:latest")
+	WaitFor(t, 60*time.Second, "update to v2", func() bool {
+		c := a.Container()
+		return c.LastUpdate != nil && c.LastUpdate.Result == "updated" && servedVersion(port) == "v2"
+	})
+	t.Logf("new digest pushed -> v2 serving after %s", time.Since(t0).Round(time.Millisecond))
+	WaitFor(t, 10*time.Second, "old container removed", func() bool { return len(containersNamed(t, name)) == 1 })
+	c := a.Container()
+	if c.State != "running" || c.Ports[0].HostIP != "127.0.0.1" {
+		t.Fatalf("after update: %+v", c)
+	}
+
+	// v3 fails its health check: rolled back to v2.
+	reg.Push(v["v3"], "zgtest/comfy:latest")
+	WaitFor(t, 90*time.Second, "rollback from v3", func() bool {
+		c := a.Container()
+		return c.LastUpdate != nil && c.LastUpdate.Result == "rolled_back"
+	})
+	c = a.Container()
+	if !strings.Contains(c.LastUpdate.Error, "health") {
+		t.Errorf("rollback reason = %q", c.LastUpdate.Error)
+	}
+	WaitFor(t, 20*time.Second, "v2 serving again", func() bool { return servedVersion(port) == "v2" })
+	if n := len(containersNamed(t, name)); n != 1 {
+		t.Fatalf("%d containers after rollback, want 1", n)
+	}
+	for _, p := range Inspect(t, name).NetworkSettings.Ports["8188/tcp"] {
+		if p.HostIP != "127.0.0.1" {
+			t.Fatalf("after rollback bound on %s", p.HostIP)
+		}
+	}
+	// The known-bad digest is not retried on every check.
+	time.Sleep(5 * time.Second)
+	if c2 := a.Container(); c2.ID != c.ID {
+		t.Fatalf("container replaced again after rollback: %s -> %s", c.ID, c2.ID)
+	}
+
+	// Registry down: the check fails, the container is untouched, WARNING.
+	reg.Stop()
+	WaitFor(t, 30*time.Second, "failed update check", func() bool {
+		c := a.Container()
+		return c.LastUpdate != nil && c.LastUpdate.Result == "failed"
+	})
+	out, code := a.CLI("status")
+	if code != 1 || !strings.Contains(out, "update check failed") {
+		t.Fatalf("registry down: status exit %d\n%s", code, out)
+	}
+	if c2 := a.Container(); c2.ID != c.ID || c2.State != "running" || servedVersion(port) != "v2" {
+		t.Fatalf("container touched while registry down: %+v", c2)
+	}
+}
+
+func TestCrashLoopBacksOffAndReports(t *testing.T) {
+	v := variants(t)
+	a := StartAgent(t, testenv.UniqueName("zg-e2e-loop-"), baseConfig(v["v4"], FreePort(t),
+		`crash_loop = { restarts = 4, window = "1m" }`))
+	var c ContainerStatus
+	WaitFor(t, 60*time.Second, "crash loop detected", func() bool {
+		c = a.Container()
+		return c.State == "crashloop" && len(c.RestartDelays) >= 4
+	})
+	if _, code := a.CLI("status"); code != 2 {
+		t.Fatalf("crash loop: status exit %d, want 2", code)
+	}
+	var prev time.Duration
+	for i, s := range c.RestartDelays {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 && d < prev {
+			t.Fatalf("backoff shrank: %v", c.RestartDelays)
+		}
+		prev = d
+	}
+	first, _ := time.ParseDuration(c.RestartDelays[0])
+	if prev <= first {
+		t.Fatalf("backoff did not grow: %v", c.RestartDelays)
+	}
+	if len(c.LastExits) == 0 || c.LastExits[len(c.LastExits)-1].Code != 3 {
+		t.Fatalf("last exits = %+v", c.LastExits)
+	}
+	if !strings.Contains(strings.Join(c.LogTail, "\n"), "exiting with code 3") {
+		t.Fatalf("log tail = %q", c.LogTail)
+	}
+}
+
+func TestDockerdRestartIsSurvived(t *testing.T) {
+	img := fakeImage(t)
+	port := FreePort(t)
+	name := testenv.UniqueName("zg-e2e-dockerd-")
+	a := StartAgent(t, name, baseConfig(img, port, ""))
+	waitRunning(t, a)
+	testenv.StopDockerd(t)
+	WaitFor(t, 20*time.Second, "docker unreachable in status", func() bool { return a.Container().Docker == "unreachable" })
+	out, code := a.CLI("status")
+	if code != 1 || !strings.Contains(out, "docker: unreachable") {
+		t.Fatalf("dockerd down: status exit %d\n%s", code, out)
+	}
+	t0 := time.Now()
+	testenv.StartDockerd(t)
+	WaitFor(t, 60*time.Second, "container serving again", func() bool {
+		c := a.Container()
+		return c.Docker == "ok" && c.State == "running" && HTTPGet(fmt.Sprintf("http://127.0.0.1:%d/system_stats", port)) == 200
+	})
+	t.Logf("dockerd back -> container serving after %s", time.Since(t0).Round(time.Millisecond))
+	if n := len(containersNamed(t, name)); n != 1 {
+		t.Fatalf("%d containers after dockerd restart, want 1", n)
+	}
+	for _, p := range Inspect(t, name).NetworkSettings.Ports["8188/tcp"] {
+		if p.HostIP != "127.0.0.1" {
+			t.Fatalf("bound on %s after dockerd restart", p.HostIP)
+		}
+	}
+}
+
+func TestCrashDuringUpdateRecovers(t *testing.T) {
+	v := variants(t)
+	reg := StartRegistry(t)
+	ref := reg.Push(v["v1"], "zgtest/crash:latest")
+	port := FreePort(t)
+	name := testenv.UniqueName("zg-e2e-crashupd-")
+	a := StartAgent(t, name, strings.Replace(updateConfig(ref, port, ""), `update_interval = "0"`, `update_interval = "1s"`, 1))
+	waitRunning(t, a)
+	reg.Push(v["v2slow"], "zgtest/crash:latest") // takes 6 s to answer: time to crash mid-gate
+	WaitFor(t, 60*time.Second, "old container renamed", func() bool {
+		for _, c := range containersNamed(t, name) {
+			for _, n := range c.Names {
+				if strings.HasSuffix(n, "-zguard-old") {
+					return true
+				}
+			}
+		}
+		return false
+	})
+	a.Kill9()
+	a.Start(AgentOptions{})
+	WaitFor(t, 60*time.Second, "one healthy container after recovery", func() bool {
+		list := containersNamed(t, name)
+		c := a.Container()
+		return len(list) == 1 && c.State == "running" && c.Health == "healthy" && HTTPGet(fmt.Sprintf("http://127.0.0.1:%d/system_stats", port)) == 200
+	})
+	t.Logf("after recovery serving %s; drift: %+v", servedVersion(port), a.Container().LastDrift)
+}
+
+func TestDriftIsRepaired(t *testing.T) {
+	img := fakeImage(t)
+	port := FreePort(t)
+	name := testenv.UniqueName("zg-e2e-drift-")
+	cfg := baseConfig(img, port, "")
+	a := StartAgent(t, name, cfg)
+	c := waitRunning(t, a)
+	labels := Inspect(t, c.ID).Config.Labels
+
+	// Hand-made container under zguard's label, published on all addresses.
+	a.Stop()
+	Docker(t, "rm", "-f", name)
+	args := []string{"run", "-d", "--name", name, "-p", fmt.Sprintf("0.0.0.0:%d:8188", port)}
+	for k, v := range labels {
+		args = append(args, "--label", k+"="+v)
+	}
+	hand := Docker(t, append(args, img)...)
+	a.Start(AgentOptions{})
+	WaitFor(t, 10*time.Second, "public binding repaired", func() bool {
+		c := a.Container()
+		return c.ID != "" && c.ID != hand && c.State == "running" && len(c.Ports) == 1 && c.Ports[0].HostIP == "127.0.0.1"
+	})
+	if d := a.Container().LastDrift; d == nil || !strings.Contains(d.What, "not loopback") {
+		t.Fatalf("last drift = %+v", d)
+	}
+
+	// Disconnected from its network while zguard runs: repaired within one interval.
+	c = a.Container()
+	Docker(t, "network", "disconnect", "bridge", c.ID)
+	WaitFor(t, 5*time.Second, "network drift repaired", func() bool {
+		c2 := a.Container()
+		return c2.State == "running" && HTTPGet(fmt.Sprintf("http://127.0.0.1:%d/system_stats", port)) == 200 &&
+			c2.LastDrift != nil && strings.Contains(c2.LastDrift.What, "network")
+	})
+
+	// Removed behind zguard's back: recreated.
+	c = a.Container()
+	Docker(t, "rm", "-f", c.ID)
+	WaitFor(t, 10*time.Second, "removed container recreated", func() bool {
+		c2 := a.Container()
+		return c2.ID != c.ID && c2.State == "running"
+	})
+}
