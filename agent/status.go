@@ -183,8 +183,8 @@ func summarize(raw json.RawMessage) string {
 	for k, v := range m {
 		switch v.(type) {
 		case string, bool, float64:
-			if s, ok := v.(string); ok && s == "" {
-				continue
+			if s, ok := v.(string); ok && (s == "" || isTimestamp(s)) {
+				continue // times are in --json; the summary stays short
 			}
 			keys = append(keys, k)
 		case []any:
@@ -229,6 +229,11 @@ func summarize(raw json.RawMessage) string {
 		s = s[:197] + "..."
 	}
 	return s
+}
+
+func isTimestamp(s string) bool {
+	_, err := time.Parse(time.RFC3339Nano, s)
+	return err == nil
 }
 
 func orDash(s string) string {
