@@ -122,6 +122,7 @@ func (l *Lock) Apply(ctx context.Context, cfg config.Output) error {
 	if !cfg.Enabled {
 		l.stopWatch()
 		l.needPass = ""
+		l.rootMissing = false
 		l.smu.Lock()
 		l.st = Status{Enabled: false, Path: cfg.Path}
 		l.smu.Unlock()
@@ -207,6 +208,12 @@ func (l *Lock) housekeep(ctx context.Context) {
 	case l.cfg.Watch && l.wt == nil && now.Sub(l.watchErrAt) >= 10*time.Second:
 		l.gen++
 		wt, err := newWatcher(ctx, l.gen, l.events)
+		l.smu.Lock()
+		l.st.WatchError = ""
+		if err != nil {
+			l.st.WatchError = err.Error()
+		}
+		l.smu.Unlock()
 		if err != nil {
 			l.watchErrAt = now
 			l.noteErr("", err)
@@ -460,8 +467,14 @@ func (l *Lock) handle(ctx context.Context, b batch) {
 			}
 		}
 	}
+	// New images arrive 0644 from ComfyUI all the time: fixing them is
+	// routine (debug); removals and failures are worth an operator's eye.
+	lvl := slog.LevelDebug
+	if w.n.Errors > 0 || w.n.Removed > 0 {
+		lvl = slog.LevelWarn
+	}
 	if w.n.Fixed > 0 || w.n.Errors > 0 || w.n.Removed > 0 {
-		l.log.Info("fixed new entries in the output folder", "fixed", w.n.Fixed, "removed", w.n.Removed, "errors", w.n.Errors)
+		l.log.Log(ctx, lvl, "fixed new entries in the output folder", "fixed", w.n.Fixed, "removed", w.n.Removed, "errors", w.n.Errors)
 	}
 	l.smu.Lock()
 	l.st.Watched.add(w.n)

@@ -24,7 +24,10 @@ type Status struct {
 	// directories under watch.
 	Watching bool `json:"watching"`
 	Watches  int  `json:"watches"`
-	Root     Root `json:"root"`
+	// WatchError says why inotify could not be started (then only full
+	// passes keep the folder locked).
+	WatchError string `json:"watch_error,omitempty"`
+	Root       Root   `json:"root"`
 	// LastPass is the latest full walk; Watched sums what event handling
 	// did since start.
 	LastPass *Pass  `json:"last_pass,omitempty"`
@@ -122,6 +125,9 @@ func (s Status) Findings() []health.Finding {
 			msg += "; last error: " + s.Errors[n-1].Error
 		}
 		warn("%s", msg)
+	}
+	if s.WatchError != "" {
+		warn("not watching the output folder for new files (full passes only): %s", s.WatchError)
 	}
 	if s.LastPass == nil {
 		return fs
