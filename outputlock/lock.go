@@ -16,6 +16,8 @@ import (
 
 // Deps is what the lock needs from outside; nil fields get real defaults.
 type Deps struct {
+	// Log is the subsystem's logger (the agent passes one already tagged
+	// subsystem=output; the default is tagged here).
 	Log *slog.Logger
 	Now func() time.Time
 }
@@ -56,13 +58,13 @@ const tick = 250 * time.Millisecond
 // New returns a lock that does nothing until Apply.
 func New(d Deps) *Lock {
 	if d.Log == nil {
-		d.Log = slog.Default()
+		d.Log = slog.Default().With("subsystem", "output")
 	}
 	if d.Now == nil {
 		d.Now = time.Now
 	}
 	return &Lock{
-		log:    d.Log.With("subsystem", "output"),
+		log:    d.Log,
 		now:    d.Now,
 		events: make(chan batch, 64),
 		wake:   make(chan struct{}, 1),
