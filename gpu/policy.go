@@ -214,9 +214,11 @@ func decide(p policy, st deviceState, o observation) (deviceState, decision) {
 	coolingDown := !st.lastAction.IsZero() && now.Sub(st.lastAction) < p.cooldown
 
 	// After a kill the process needs a moment to release its memory: stay
-	// quiet for the cool-down, then start over.
+	// quiet for the cool-down, or until the memory is back under the soft
+	// limit (then a new breach of the hard limit is a new spike, and is
+	// acted on even within the cool-down).
 	if st.phase == phaseKilled {
-		if coolingDown {
+		if coolingDown && !(o.used < soft) {
 			return st, decision{}
 		}
 		st.phase, st.phaseSince = phaseIdle, now

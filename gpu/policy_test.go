@@ -179,6 +179,11 @@ func TestDecide(t *testing.T) {
 			afterKill: -1,
 			want:      []event{{0, actKill, trigHard}, {10 * s, actKill, trigHard}},
 		},
+		"after a kill released the memory, a new hard breach inside the cool-down is killed": {
+			steps:     concat(flat(0, 1*s, 79, true), flat(1250*ms, 2*s, 20, true), flat(2250*ms, 3*s, 79, true)),
+			afterKill: -1,
+			want:      []event{{0, actKill, trigHard}, {2250 * ms, actKill, trigHard}},
+		},
 		"a new rise inside the cool-down after a working interrupt waits": {
 			steps: concat(flat(0, 1*s, 74, true), flat(1250*ms, 4*s, 30, true), flat(4250*ms, 12*s, 74, true)),
 			want:  []event{{0, actInterrupt, trigSoft}, {10 * s, actInterrupt, trigSoft}},

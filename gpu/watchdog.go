@@ -224,6 +224,11 @@ func (w *Watchdog) tick(ctx context.Context) (sleep time.Duration) {
 	cfg, applied := w.cfg, w.applied
 	w.mu.Unlock()
 	if !applied || !cfg.Enabled {
+		// Stand down: forget what was seen, so a later enable starts fresh.
+		w.states = map[int]deviceState{}
+		w.mu.Lock()
+		w.status.Devices = []DeviceStatus{}
+		w.mu.Unlock()
 		return time.Hour // woken by Apply
 	}
 	if w.smp == nil {
