@@ -19,6 +19,8 @@ import (
 // defaults: slog.Default, time.Now, the iptables/ipset binaries of the
 // current network namespace and netlink conntrack.
 type Deps struct {
+	// Log is the subsystem's logger (the agent passes one already tagged
+	// subsystem=firewall; the default is tagged here).
 	Log *slog.Logger
 	Now func() time.Time
 	// EngineVersion returns the Docker engine version ("20.10.24",
@@ -69,7 +71,7 @@ type Firewall struct {
 // New returns a Firewall that does nothing until Apply.
 func New(d Deps) *Firewall {
 	if d.Log == nil {
-		d.Log = slog.Default()
+		d.Log = slog.Default().With("subsystem", "firewall")
 	}
 	if d.Now == nil {
 		d.Now = time.Now
@@ -87,7 +89,7 @@ func New(d Deps) *Firewall {
 		d.ct = netlinkConntrack{}
 	}
 	return &Firewall{
-		log:       d.Log.With("subsystem", "firewall"),
+		log:       d.Log,
 		now:       d.Now,
 		engine:    d.EngineVersion,
 		published: d.PublishedPorts,
