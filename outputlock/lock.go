@@ -38,7 +38,7 @@ type Lock struct {
 	gen         uint64
 	needPass    string // reason for the next full pass; "" for none
 	lastFull    time.Time
-	rootMissing bool
+	rootErr     string // why the root could not be opened; Run polls while set
 	watchErrAt  time.Time // when starting the watcher last failed
 	runCtx      context.Context
 	afterStat   func(rel string) // test hook, see walker.afterStat
@@ -124,7 +124,7 @@ func (l *Lock) Apply(ctx context.Context, cfg config.Output) error {
 	if !cfg.Enabled {
 		l.stopWatch()
 		l.needPass = ""
-		l.rootMissing = false
+		l.rootErr = ""
 		l.smu.Lock()
 		l.st = Status{Enabled: false, Path: cfg.Path}
 		l.smu.Unlock()
@@ -224,7 +224,7 @@ func (l *Lock) housekeep(ctx context.Context) {
 		l.wt = wt
 		l.needPass = "watch started"
 	}
-	if l.rootMissing && l.needPass == "" {
+	if l.rootErr != "" && l.needPass == "" {
 		l.needPass = "polling for the folder"
 	}
 	if iv := l.cfg.FullPassInterval.D(); iv > 0 && l.needPass == "" && now.Sub(l.lastFull) >= iv {
@@ -299,17 +299,24 @@ func (l *Lock) fullPass(ctx context.Context, reason string) (Pass, error) {
 		after = l.rootNow(root, before)
 	}
 	d := l.now().Sub(start)
-	wasMissing := l.rootMissing
-	l.rootMissing = errors.Is(err, unix.ENOENT)
+	prevErr := l.rootErr
+	l.rootErr = ""
+	if err != nil {
+		l.rootErr = err.Error()
+	}
+	// The root is polled while it cannot be opened: say so once, not on
+	// every poll.
+	newErr := err != nil && l.rootErr != prevErr
 	switch {
-	case l.rootMissing && !wasMissing:
+	case newErr && errors.Is(err, unix.ENOENT):
 		l.log.Warn("output folder does not exist; waiting for it", "path", root)
 		l.stopWatch()
-	case err != nil && !l.rootMissing:
-		l.log.Error("locking output folder", "path", root, "err", err)
+	case newErr:
+		l.log.Error("cannot lock output folder; retrying", "path", root, "err", err)
+		l.stopWatch()
 	case err == nil:
 		lvl := slog.LevelDebug
-		if w.n.Writes() > 0 || w.n.Errors > 0 || wasMissing || reason != "periodic" {
+		if w.n.Writes() > 0 || w.n.Errors > 0 || prevErr != "" || reason != "periodic" {
 			lvl = slog.LevelInfo
 		}
 		l.log.Log(ctx, lvl, "output folder pass done", "path", root, "reason", reason, "entries", w.n.Entries,
@@ -325,7 +332,7 @@ func (l *Lock) fullPass(ctx context.Context, reason string) (Pass, error) {
 	l.st.passErr = ""
 	if err != nil {
 		l.st.passErr = err.Error()
-		if !l.rootMissing {
+		if newErr && !errors.Is(err, unix.ENOENT) {
 			l.addErrLocked(start, "", err.Error())
 		}
 	} else {

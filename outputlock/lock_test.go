@@ -687,6 +687,29 @@ func TestWatchFixesNewEntriesWithinASecond(t *testing.T) {
 			t.Errorf("after recreation: in_sync %v findings %v", s.InSync, s.Findings())
 		}
 	})
+	t.Run("folder swapped for a symlink and back", func(t *testing.T) {
+		out, snap := outsideTree(t)
+		if err := os.RemoveAll(root); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(out, root); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 2*time.Second, "symlinked folder refused", func() bool { return hasFinding(l.Status(), "refusing to follow") })
+		time.Sleep(300 * time.Millisecond) // a few polls
+		assertUnchanged(t, snap, "root is a symlink")
+		if err := os.Remove(root); err != nil {
+			t.Fatal(err)
+		}
+		mk(t, root+"/", 0o777, nobody, nobody)
+		mk(t, root+"/back.png", 0o666, nobody, nobody)
+		waitFor(t, time.Second, "folder locked again", func() bool {
+			return lockedAs(root, 0o700, 0, 0) && lockedAs(root+"/back.png", 0o600, 0, 0)
+		})
+		waitFor(t, time.Second, "watching again", func() bool { return l.Status().Watching })
+		mk(t, root+"/after.png", 0o644, nobody, nobody)
+		waitFor(t, time.Second, "new file locked", func() bool { return lockedAs(root+"/after.png", 0o600, 0, 0) })
+	})
 }
 
 func TestQueueOverflowRunsFullPass(t *testing.T) {
