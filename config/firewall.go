@@ -132,14 +132,36 @@ func (f *Firewall) validate(v *validator, c *Container) {
 	if f.ReconcileInterval.D() < 100*time.Millisecond {
 		v.errorf("firewall.reconcile_interval", "must be at least 100ms")
 	}
-	if l := len(f.ChainPrefix); l == 0 || l > 20 || strings.ContainsAny(f.ChainPrefix, " \t!/") {
-		v.errorf("firewall.chain_prefix", "must be 1-20 characters without spaces, got %q", f.ChainPrefix)
+	if l := len(f.ChainPrefix); l == 0 || l > 20 || strings.ContainsAny(f.ChainPrefix, " \t!/\"'") {
+		v.errorf("firewall.chain_prefix", "must be 1-20 characters without spaces or quotes, got %q", f.ChainPrefix)
 	}
 	if !f.Enabled {
 		return
 	}
 	if len(f.ProtectPorts) > 0 && len(f.Allow) == 0 {
-		v.warnf("firewall.allow", "allow is empty: nobody outside this host can reach protect_ports %v", f.ProtectPorts)
+		v.warnf("firewall.allow", "allow is empty: nobody outside this host can reach protect_ports %v (loopback still can); list addresses or CIDRs in firewall.allow to let clients in", f.ProtectPorts)
+	}
+	if len(f.ProtectPorts) == 0 && len(f.BlockPorts) == 0 {
+		v.warnf("firewall", "neither protect_ports nor block_ports is set: the firewall installs its chains but filters nothing")
+	}
+	// An entry inside another one is harmless but usually a leftover.
+	// Checking each prefix length present keeps this fast for big lists.
+	have := map[netip.Prefix]bool{}
+	lengths := map[int]bool{}
+	for _, p := range f.Prefixes {
+		have[p] = true
+		lengths[p.Bits()] = true
+	}
+	for i, p := range f.Prefixes {
+		for b := range lengths {
+			if b >= p.Bits() {
+				continue
+			}
+			if q, err := p.Addr().Prefix(b); err == nil && have[q] {
+				v.warnf(fmt.Sprintf("firewall.allow[%d]", i), "%s is already covered by %s", p, q)
+				break
+			}
+		}
 	}
 	// Every published ComfyUI port should be blocked; warn when one is not.
 	for _, p := range c.Ports {
