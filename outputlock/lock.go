@@ -30,18 +30,18 @@ type Lock struct {
 
 	// mu serializes all work on the tree: Apply's pass, Run's passes and
 	// event handling. It guards the fields below it.
-	mu          sync.Mutex
-	cfg         config.Output
-	applied     bool
-	want        want
-	wt          *watcher
-	gen         uint64
-	needPass    string // reason for the next full pass; "" for none
-	lastFull    time.Time
-	rootErr     string // why the root could not be opened; Run polls while set
-	watchErrAt  time.Time // when starting the watcher last failed
-	runCtx      context.Context
-	afterStat   func(rel string) // test hook, see walker.afterStat
+	mu         sync.Mutex
+	cfg        config.Output
+	applied    bool
+	want       want
+	wt         *watcher
+	gen        uint64
+	needPass   string // reason for the next full pass; "" for none
+	lastFull   time.Time
+	rootErr    string    // why the root could not be opened; Run polls while set
+	watchErrAt time.Time // when starting the watcher last failed
+	runCtx     context.Context
+	afterStat  func(rel string) // test hook, see walker.afterStat
 
 	events chan batch
 	wake   chan struct{}
