@@ -2,8 +2,12 @@ package firewall
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/zguard/zguard/config"
+	"github.com/zguard/zguard/health"
 )
 
 // environment is what zguard learned about the host's netfilter setup.
@@ -97,4 +101,33 @@ func needsLeakGuard(version string) bool {
 		return true
 	}
 	return n < 28
+}
+
+// Preflight inspects this host for what would stop the section from
+// protecting anything, without changing a rule: Docker's nftables
+// backend, rules split between legacy and nf_tables, missing tools.
+// `zguard check` can print these next to the config warnings.
+func Preflight(ctx context.Context, cfg config.Firewall) []health.Finding {
+	return preflight(ctx, execCommander{}, cfg)
+}
+
+func preflight(ctx context.Context, cmd commander, cfg config.Firewall) []health.Finding {
+	if !cfg.Enabled {
+		return nil
+	}
+	env := detect(ctx, cmd)
+	st := Status{Enabled: true, InSync: true, Backend: env.backend, Mixed: env.mixed, DockerNftables: env.dockerNft}
+	out := st.Findings()
+	if env.backend == "" {
+		out = append(out, health.Crit("firewall", "iptables is not usable here: "+strings.Join(env.detectErrs, "; ")))
+	}
+	if cfg.IPv6 == "on" && !env.ipv6 {
+		out = append(out, health.Crit("firewall", `ipv6 = "on" but ip6tables is not usable on this host`))
+	}
+	if allow, err := config.ParseAllowlist(cfg.Allow); err == nil && useSet(len(allow), cfg.SetThreshold) {
+		if _, err := cmd.run(ctx, nil, "ipset", "list", "-n"); err != nil {
+			out = append(out, health.Crit("firewall", fmt.Sprintf("the allowlist has %d entries (over set_threshold %d) but ipset is not usable: %v", len(allow), cfg.SetThreshold, err)))
+		}
+	}
+	return out
 }

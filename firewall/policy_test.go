@@ -226,3 +226,37 @@ func FuzzParseSave(f *testing.F) {
 		_ = counts(ts, namesFor("ZG"))
 	})
 }
+
+func TestPreflight(t *testing.T) {
+	big := fakeConfig()
+	for i := range 40 {
+		big.Allow = append(big.Allow, netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}).String())
+	}
+	v6on := fakeConfig()
+	v6on.IPv6 = "on"
+	off := fakeConfig()
+	off.Enabled = false
+	cases := map[string]struct {
+		net  func() *fakeNet
+		cfg  config.Firewall
+		want string // substring of a finding; "" = none
+	}{
+		"healthy host":          {func() *fakeNet { return newFakeNet().withDocker() }, fakeConfig("192.0.2.1"), ""},
+		"docker nftables":       {func() *fakeNet { f := newFakeNet(); f.nftList = "table ip docker-bridges\n"; return f }, fakeConfig(), "nftables firewall backend"},
+		"ipv6 on without ip6":   {func() *fakeNet { f := newFakeNet(); f.noIPv6 = true; return f }, v6on, "ip6tables is not usable"},
+		"disabled: no findings": {func() *fakeNet { f := newFakeNet(); f.nftList = "table ip docker-bridges\n"; return f }, off, ""},
+		"big list with ipset":   {func() *fakeNet { return newFakeNet() }, big, ""},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			var msgs []string
+			for _, f := range preflight(t.Context(), c.net(), c.cfg) {
+				msgs = append(msgs, f.Msg)
+			}
+			all := strings.Join(msgs, "\n")
+			if (c.want == "" && all != "") || !strings.Contains(all, c.want) {
+				t.Errorf("findings %q, want %q", msgs, c.want)
+			}
+		})
+	}
+}
