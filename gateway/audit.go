@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -36,7 +35,8 @@ type auditLog struct {
 	path string
 	f    *os.File
 	w    *bufio.Writer
-	err  error // last write error, shown in status
+	err  error  // last write error, shown in status
+	buf  []byte // line being encoded, reused
 }
 
 // openAudit opens path for appending, creating its directory (0750) and
@@ -75,17 +75,13 @@ func (a *auditLog) closeLocked() {
 }
 
 func (a *auditLog) write(r *auditRecord) {
-	line, err := json.Marshal(r)
-	if err != nil {
-		return
-	}
-	line = append(line, '\n')
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.w == nil {
 		return
 	}
-	if _, err := a.w.Write(line); err != nil {
+	a.buf = append(r.appendJSON(a.buf[:0]), '\n')
+	if _, err := a.w.Write(a.buf); err != nil {
 		a.err = err
 	}
 }

@@ -61,7 +61,8 @@ type Gateway struct {
 	limits    *promptLimits
 	audit     auditLog
 	conns     *connSet
-	transport *http.Transport
+	transport *http.Transport    // requests with bodies, upgrades, /queue polls
+	upstream  *upstreamTransport // bodiless GET/HEAD fast path, falls back to transport
 	proxy     *httputil.ReverseProxy
 
 	applyMu sync.Mutex // serialises Apply and credential reloads
@@ -128,6 +129,7 @@ func New(d Deps) *Gateway {
 			ForceAttemptHTTP2:     false,
 		},
 	}
+	g.upstream = newUpstreamTransport(g.transport)
 	g.auth = newAuthenticator(runtime.GOMAXPROCS(0), verdictCacheSize)
 	g.cur.Store(&settings{})
 	g.proxy = g.newProxy()
@@ -352,6 +354,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.closeListeners(nil)
 		g.conns.cutAll()
 		g.audit.close()
+		g.upstream.closeIdle()
 		g.applyMu.Unlock()
 	}()
 	for {

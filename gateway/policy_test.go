@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/json"
 	"net/netip"
 	"strings"
 	"testing"
@@ -345,6 +346,34 @@ func TestDefaultBlockPaths(t *testing.T) {
 			}
 			if got := blocked(patterns, c); got != tc.want {
 				t.Errorf("blocked(%q) = %v, want %v", tc.path, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestAuditJSON(t *testing.T) {
+	recs := map[string]auditRecord{
+		"full": {Time: time.Date(2026, 12, 3, 17, 0, 0, 123456789, time.UTC), Remote: "192.0.2.1", Identity: "alice", Auth: "basic",
+			Method: "POST", Path: "/api/prompt", Query: "a=b&c=%22", Status: 200, Bytes: 1234, DurationMS: 1.5, PromptID: "p-1", Workflow: strings.Repeat("ab", 32), Reason: ""},
+		"awkward strings": {Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Remote: "::1", Identity: "é\"\\\n\t<x>&\u2028\x7f", Method: "GET",
+			Path: "/a\x00b\xff", Status: 401, Reason: "bad credentials"},
+		"minimal": {},
+	}
+	for name, r := range recs {
+		t.Run(name, func(t *testing.T) {
+			line := r.appendJSON(nil)
+			var back auditRecord
+			if err := json.Unmarshal(line, &back); err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			want := r
+			want.Path = strings.ToValidUTF8(want.Path, "\ufffd")
+			if !back.Time.Equal(want.Time) {
+				t.Errorf("time %v, want %v", back.Time, want.Time)
+			}
+			back.Time, want.Time = time.Time{}, time.Time{}
+			if back != want {
+				t.Errorf("round trip:\n got %+v\nwant %+v\nline %s", back, want, line)
 			}
 		})
 	}
