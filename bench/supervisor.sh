@@ -21,6 +21,7 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'echo "bench/supervisor.sh: failed at line $LINENO (agent log below)" >&2; tail -20 "$work/agent.log" >&2 2>/dev/null || true' ERR
 
 [ -x bin/zguard ] && [ -x bin/fakecomfy ] || make build >/dev/null
 bin/fakecomfy -build-image zguard-fakecomfy:bench-v1 -version v1 >/dev/null
