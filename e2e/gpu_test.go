@@ -179,8 +179,23 @@ cooldown = "3s"
 		t.Errorf("last exits = %+v, want the SIGKILL's 137", c2.LastExits)
 	}
 	// Both actions are still in the status after the restart.
-	if g := gpuStatus(a); len(g.Actions) < 2 {
-		t.Errorf("actions after the restart = %+v", g.Actions)
+	if g := gpuStatus(a); len(g.Actions) < 2 || g.XIDWatch != "on" {
+		t.Errorf("after the restart: actions %+v, xid_watch %q", g.Actions, g.XIDWatch)
+	}
+
+	// The GPU falls off the bus (XID 79): reported, and critical.
+	state.XIDs = []fakenvml.XID{{Device: 0, Code: 79, Seq: 1}}
+	write()
+	WaitFor(t, 20*time.Second, "XID 79 in the status", func() bool {
+		for _, e := range gpuStatus(a).XIDEvents {
+			if e.XID == 79 && e.Device == 0 {
+				return true
+			}
+		}
+		return false
+	})
+	if out, code := a.CLI("status"); code != 2 {
+		t.Errorf("zguard status after XID 79 exited %d, want 2 (CRITICAL):\n%s", code, out)
 	}
 }
 

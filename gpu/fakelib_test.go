@@ -1,6 +1,7 @@
 package gpu
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -53,6 +54,37 @@ func TestFakeLibrary(t *testing.T) {
 	d1 := s.sample(1)
 	if d1.err != nil || d1.total != 141*gib || !s.v1Only[1] {
 		t.Errorf("GPU 1 (no v2) = %+v, v1Only %v", d1, s.v1Only[1])
+	}
+
+	// XID events arrive through an NVML event set.
+	x, err := s.startXID(n)
+	if err != nil {
+		t.Fatalf("starting the XID watch: %v", err)
+	}
+	got := make(chan [2]uint64, 4)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- x.run(ctx, func(dev int, xid uint64) { got <- [2]uint64{uint64(dev), xid} }) }()
+	st := fakenvml.State{
+		Devices: []fakenvml.Device{{Index: 0, Total: 80 * gib, Used: 10 * gib}, {Index: 1, Total: 141 * gib, Used: 1 * gib}},
+		XIDs:    []fakenvml.XID{{Device: 1, Code: 48, Seq: 1}, {Device: 0, Code: 79, Seq: 2}},
+	}
+	if err := st.Write(statePath); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range [][2]uint64{{1, 48}, {0, 79}} {
+		select {
+		case ev := <-got:
+			if ev != want {
+				t.Errorf("XID event = %v, want %v", ev, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no XID event %v", want)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("XID watch ended with %v", err)
 	}
 
 	// The GPU falls off the bus.

@@ -21,7 +21,7 @@ type Status struct {
 	Actions []Action `json:"actions"`
 	// Sleep is the current adaptive pause between samples.
 	Sleep      string    `json:"sleep,omitempty"`
-	LastSample time.Time `json:"last_sample,omitempty"`
+	LastSample time.Time `json:"last_sample,omitzero"`
 	// Container is the managed container's ID, as the supervisor says.
 	Container string   `json:"container,omitempty"`
 	Counters  Counters `json:"counters"`
@@ -31,6 +31,10 @@ type Status struct {
 	InitError string `json:"init_error,omitempty"`
 	// Note carries advice, e.g. that a changed nvml_library needs a restart.
 	Note string `json:"note,omitempty"`
+	// XIDWatch is "on", or why XID events are not watched.
+	XIDWatch string `json:"xid_watch,omitempty"`
+	// XIDEvents are the most recent XID critical errors, oldest first.
+	XIDEvents []XIDEvent `json:"xid_events,omitempty"`
 }
 
 // Counters are monotonic counts since the agent started, for metrics.
@@ -90,7 +94,8 @@ type Action struct {
 // Findings says what an operator should know. No NVML at all is a plain
 // fact (the reason shows in the status), not a problem; a library that is
 // there but fails, a sampling error, or a device over its soft limit is a
-// warning; a lost GPU is critical.
+// warning; a lost GPU is critical. XIDs of failing hardware seen within the
+// last hour are warnings, XID 79 (fallen off the bus) is critical.
 func (s Status) Findings() []health.Finding {
 	const sub = "gpu"
 	if !s.Enabled {
@@ -105,6 +110,13 @@ func (s Status) Findings() []health.Finding {
 		}
 		return fs
 	}
+	ref := s.LastSample
+	for _, e := range s.XIDEvents {
+		if e.Time.After(ref) {
+			ref = e.Time
+		}
+	}
+	fs = append(fs, xidFindings(s.XIDEvents, ref)...)
 	for _, d := range s.Devices {
 		switch {
 		case d.Lost:

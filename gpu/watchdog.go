@@ -85,7 +85,8 @@ type Watchdog struct {
 	smp       *sampler
 	lastOpen  time.Time
 	states    map[int]deviceState
-	pending   sync.WaitGroup // interrupts in flight
+	pending   sync.WaitGroup // interrupts and the XID watch in flight
+	xidStop   context.CancelFunc
 }
 
 // New returns a watchdog; it does nothing until Apply and Run.
@@ -171,6 +172,7 @@ func (w *Watchdog) Status() Status {
 		s.Devices[i] = d
 	}
 	s.Actions = append([]Action{}, w.status.Actions...)
+	s.XIDEvents = append([]XIDEvent(nil), w.status.XIDEvents...)
 	return s
 }
 
@@ -185,6 +187,9 @@ func (w *Watchdog) Run(ctx context.Context) error {
 	}()
 	defer func() {
 		wg.Wait()
+		if w.xidStop != nil {
+			w.xidStop()
+		}
 		w.pending.Wait()
 		if w.smp != nil {
 			w.smp.close()
@@ -238,6 +243,7 @@ func (w *Watchdog) tick(ctx context.Context) (sleep time.Duration) {
 		if !w.open(cfg) {
 			return retryInit
 		}
+		w.startXID(ctx)
 	}
 	w.mu.Lock()
 	if w.libLoaded && w.d.NVML == nil && cfg.NVMLLibrary != w.libPath {
@@ -292,6 +298,50 @@ func (w *Watchdog) open(cfg config.GPU) bool {
 	w.status.Driver = smp.driver
 	w.log.Info("NVML initialized", "driver", smp.driver)
 	return true
+}
+
+// startXID starts watching XID events in the background, if the library
+// and devices support it.
+func (w *Watchdog) startXID(ctx context.Context) {
+	n, err := w.smp.count()
+	var x *xidWatch
+	if err == nil {
+		x, err = w.smp.startXID(n)
+	}
+	if err != nil {
+		w.mu.Lock()
+		w.status.XIDWatch = "off: " + err.Error()
+		w.mu.Unlock()
+		return
+	}
+	w.mu.Lock()
+	w.status.XIDWatch = "on"
+	w.mu.Unlock()
+	xctx, cancel := context.WithCancel(ctx)
+	w.xidStop = cancel
+	w.pending.Add(1)
+	go func() {
+		defer w.pending.Done()
+		err := x.run(xctx, w.recordXID)
+		if err != nil {
+			w.log.Warn("XID event watch stopped", "err", err)
+			w.mu.Lock()
+			w.status.XIDWatch = "off: " + err.Error()
+			w.mu.Unlock()
+		}
+	}()
+}
+
+// recordXID puts an XID event into the status and the log.
+func (w *Watchdog) recordXID(dev int, xid uint64) {
+	e := XIDEvent{Time: w.d.Now(), Device: dev, XID: xid, Meaning: xidMeanings[xid]}
+	w.log.Warn("GPU XID error", "gpu", dev, "xid", xid, "meaning", e.Meaning)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.status.XIDEvents = append(w.status.XIDEvents, e)
+	if n := len(w.status.XIDEvents); n > maxActions {
+		w.status.XIDEvents = append([]XIDEvent{}, w.status.XIDEvents[n-maxActions:]...)
+	}
 }
 
 // round samples every selected device once, acts on the policy's

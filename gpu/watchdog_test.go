@@ -323,3 +323,24 @@ func TestApplyRejectsInvalid(t *testing.T) {
 		t.Error("a rejected Apply changed the config in force")
 	}
 }
+
+func TestXIDFindings(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	cases := map[string]struct {
+		ev   XIDEvent
+		want health.Level
+	}{
+		"fallen off the bus is critical":     {XIDEvent{Time: now, XID: 79}, health.Critical},
+		"uncontained ECC error is a warning": {XIDEvent{Time: now, XID: 95}, health.Warning},
+		"an application fault is recorded":   {XIDEvent{Time: now, XID: 13}, health.OK},
+		"an old XID no longer counts":        {XIDEvent{Time: now.Add(-2 * time.Hour), XID: 79}, health.OK},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			st := Status{Enabled: true, Available: true, LastSample: now, XIDEvents: []XIDEvent{tc.ev}}
+			if got := health.Worst(st.Findings()); got != tc.want {
+				t.Errorf("worst finding = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}

@@ -35,12 +35,21 @@ type Proc struct {
 	Memory int64
 }
 
+// XID is an XID critical error event; each Seq is delivered once, in
+// order, to an event set the device was registered with.
+type XID struct {
+	Device int
+	Code   int
+	Seq    int
+}
+
 // State is what the fake library reports.
 type State struct {
 	InitError int    // nvmlInit's return code
 	Driver    string // default "999.99.99-fake"
 	Devices   []Device
 	Procs     []Proc
+	XIDs      []XID
 }
 
 // Write replaces the state file at path atomically, so the library never
@@ -71,6 +80,9 @@ func (s State) Write(path string) error {
 	}
 	for _, p := range s.Procs {
 		fmt.Fprintf(&b, "proc %d %d %d\n", p.Device, p.PID, p.Memory)
+	}
+	for _, x := range s.XIDs {
+		fmt.Fprintf(&b, "xid %d %d %d\n", x.Device, x.Code, x.Seq)
 	}
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {

@@ -19,6 +19,8 @@
  *                         nvmlDeviceGetMemoryInfo_v2 answer NOT_SUPPORTED
  *   proc IDX PID BYTES    a compute process on device IDX
  *                         (BYTES = -1 means NVML_VALUE_NOT_AVAILABLE)
+ *   xid IDX CODE SEQ      an XID critical error on device IDX; each SEQ is
+ *                         delivered once by nvmlEventSetWait (in SEQ order)
  *
  * Build: gcc -shared -fPIC -o libnvidia-ml.so.1 fakenvml.c
  */
@@ -27,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #ifndef FAKE_NVML_STATE
 #define FAKE_NVML_STATE "/tmp/fakenvml.state"
@@ -40,12 +43,15 @@ enum {
 	NVML_ERROR_INVALID_ARGUMENT = 2,
 	NVML_ERROR_NOT_SUPPORTED = 3,
 	NVML_ERROR_INSUFFICIENT_SIZE = 7,
+	NVML_ERROR_TIMEOUT = 10,
 	NVML_ERROR_GPU_IS_LOST = 15,
 	NVML_ERROR_UNKNOWN = 999,
 };
 
 #define MAX_DEVS 8
 #define MAX_PROCS 64
+#define MAX_XIDS 16
+#define XID_EVENT 8ULL /* nvmlEventTypeXidCriticalError */
 
 typedef struct nvmlDevice_st *nvmlDevice_t;
 
@@ -80,6 +86,12 @@ struct proc {
 	unsigned long long mem;
 };
 
+struct xid {
+	int dev;
+	unsigned long long code;
+	long seq;
+};
+
 struct state {
 	int init_error;
 	char driver[80];
@@ -87,6 +99,8 @@ struct state {
 	struct dev devs[MAX_DEVS];
 	int nproc;
 	struct proc procs[MAX_PROCS];
+	int nxid;
+	struct xid xids[MAX_XIDS];
 };
 
 /* Device handles are addresses inside this array; their index is the offset. */
@@ -176,6 +190,17 @@ static void load(struct state *s)
 			p->dev = atoi(a);
 			p->pid = (unsigned int)strtoul(b, NULL, 10);
 			p->mem = (c[0] == '-') ? ~0ULL : strtoull(c, NULL, 10);
+		} else if (!strcmp(tok, "xid")) {
+			char *a = strtok_r(NULL, " \t\r\n", &save);
+			char *b = strtok_r(NULL, " \t\r\n", &save);
+			char *c = strtok_r(NULL, " \t\r\n", &save);
+			struct xid *x;
+			if (!a || !b || !c || s->nxid >= MAX_XIDS)
+				continue;
+			x = &s->xids[s->nxid++];
+			x->dev = atoi(a);
+			x->code = strtoull(b, NULL, 10);
+			x->seq = atol(c);
 		}
 	}
 	fclose(f);
@@ -373,5 +398,113 @@ nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t h, unsigned i
 	if (r)
 		return r;
 	*count = 0;
+	return NVML_SUCCESS;
+}
+
+/* Events: one event set, XID critical errors only. */
+
+typedef struct nvmlEventSet_st *nvmlEventSet_t;
+
+typedef struct {
+	nvmlDevice_t device;
+	unsigned long long eventType;
+	unsigned long long eventData;
+	unsigned int gpuInstanceId;
+	unsigned int computeInstanceId;
+} nvmlEventData_t;
+
+static char event_set;
+static unsigned long long registered; /* bit per device */
+static long last_seq;
+
+nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t h, unsigned long long *types)
+{
+	struct state s;
+	int i;
+	nvmlReturn_t r = device(h, &s, &i);
+	if (r)
+		return r;
+	*types = XID_EVENT;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set)
+{
+	if (!initialized)
+		return NVML_ERROR_UNINITIALIZED;
+	*set = (nvmlEventSet_t)&event_set;
+	return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t h, unsigned long long types, nvmlEventSet_t set)
+{
+	struct state s;
+	int i;
+	nvmlReturn_t r = device(h, &s, &i);
+	if (r)
+		return r;
+	if ((char *)set != &event_set || types != XID_EVENT)
+		return NVML_ERROR_NOT_SUPPORTED;
+	registered |= 1ULL << i;
+	return NVML_SUCCESS;
+}
+
+/* next_xid finds the undelivered XID with the lowest sequence number. */
+static int next_xid(struct state *s)
+{
+	int k, best = -1;
+	for (k = 0; k < s->nxid; k++) {
+		if (s->xids[k].seq <= last_seq || !(registered & (1ULL << s->xids[k].dev)))
+			continue;
+		if (best < 0 || s->xids[k].seq < s->xids[best].seq)
+			best = k;
+	}
+	return best;
+}
+
+nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms)
+{
+	const unsigned int step = 250;
+	unsigned int waited = 0;
+	if (!initialized)
+		return NVML_ERROR_UNINITIALIZED;
+	if ((char *)set != &event_set)
+		return NVML_ERROR_INVALID_ARGUMENT;
+	for (;;) {
+		struct state s;
+		int k;
+		load(&s);
+		k = next_xid(&s);
+		if (k >= 0) {
+			last_seq = s.xids[k].seq;
+			memset(data, 0, sizeof(*data));
+			data->device = (nvmlDevice_t)&handles[s.xids[k].dev];
+			data->eventType = XID_EVENT;
+			data->eventData = s.xids[k].code;
+			data->gpuInstanceId = 0xFFFFFFFF;
+			data->computeInstanceId = 0xFFFFFFFF;
+			return NVML_SUCCESS;
+		}
+		if (waited >= timeoutms)
+			return NVML_ERROR_TIMEOUT;
+		{
+			unsigned int ms = timeoutms - waited < step ? timeoutms - waited : step;
+			struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+			nanosleep(&ts, NULL);
+			waited += ms;
+		}
+	}
+}
+
+nvmlReturn_t nvmlEventSetWait(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms)
+{
+	return nvmlEventSetWait_v2(set, data, timeoutms);
+}
+
+nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set)
+{
+	if ((char *)set != &event_set)
+		return NVML_ERROR_INVALID_ARGUMENT;
+	registered = 0;
 	return NVML_SUCCESS;
 }
