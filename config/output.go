@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"os/user"
 	"path/filepath"
@@ -66,6 +67,19 @@ func systemFolder(path string) string {
 	return ""
 }
 
+// CheckOutputPath says why path cannot be the output folder (it is
+// relative, or a system folder that locking would break), or nil. The
+// output lock calls it again before every Apply.
+func CheckOutputPath(path string) error {
+	if !filepath.IsAbs(path) {
+		return fmt.Errorf("must be an absolute path, got %q", path)
+	}
+	if msg := systemFolder(filepath.Clean(path)); msg != "" {
+		return errors.New(msg)
+	}
+	return nil
+}
+
 // LookupUID resolves a user name or numeric uid.
 func LookupUID(s string) (int, error) {
 	if n, err := strconv.Atoi(s); err == nil && n >= 0 {
@@ -94,10 +108,8 @@ func (o *Output) validate(v *validator, c *Container) {
 	if !o.Enabled {
 		return
 	}
-	if !filepath.IsAbs(o.Path) {
-		v.errorf("output.path", "must be an absolute path, got %q", o.Path)
-	} else if msg := systemFolder(filepath.Clean(o.Path)); msg != "" {
-		v.errorf("output.path", "%s", msg)
+	if err := CheckOutputPath(o.Path); err != nil {
+		v.errorf("output.path", "%v", err)
 	} else {
 		o.Path = filepath.Clean(o.Path)
 	}

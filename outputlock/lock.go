@@ -73,8 +73,8 @@ func New(d Deps) *Lock {
 
 // wantFrom validates a section and resolves its owner and group.
 func wantFrom(cfg config.Output) (want, error) {
-	if !filepath.IsAbs(cfg.Path) || filepath.Clean(cfg.Path) == "/" {
-		return want{}, fmt.Errorf("checking output.path: %q must be an absolute path below /", cfg.Path)
+	if err := config.CheckOutputPath(cfg.Path); err != nil {
+		return want{}, fmt.Errorf("checking output.path: %w", err)
 	}
 	uid, err := config.LookupUID(cfg.Owner)
 	if err != nil {

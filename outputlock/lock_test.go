@@ -194,6 +194,7 @@ func TestApplyRejectsBadSection(t *testing.T) {
 	cases := map[string]func(*config.Output){
 		"relative path":  func(c *config.Output) { c.Path = "output" },
 		"slash":          func(c *config.Output) { c.Path = "/" },
+		"system folder":  func(c *config.Output) { c.Path = "/etc/ssl" },
 		"unknown owner":  func(c *config.Output) { c.Owner = "no-such-user-zguard" },
 		"unknown group":  func(c *config.Output) { c.Group = "no-such-group-zguard" },
 		"special bits":   func(c *config.Output) { c.FileMode = 0o4600 },
