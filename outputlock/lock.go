@@ -383,8 +383,14 @@ func (l *Lock) handle(ctx context.Context, b batch) {
 		return // from a watcher that has been closed
 	}
 	if b.err != nil {
+		// Start a new watcher only after a while (housekeep), so a
+		// persistent failure is not a busy loop; passes go on meanwhile.
 		l.noteErr("", b.err)
 		l.stopWatch()
+		l.watchErrAt = l.now()
+		l.smu.Lock()
+		l.st.WatchError = b.err.Error()
+		l.smu.Unlock()
 		l.needPass = "watch failed"
 		return
 	}
