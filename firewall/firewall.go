@@ -54,6 +54,7 @@ type Firewall struct {
 	bans     map[netip.Addr]time.Time
 	env      environment
 	applied  *spec // last spec installed, for revocation
+	adopted  bool  // bans a previous run left in the rules were read back
 	repairs  int
 	// verified remembers, per ipset, the digest of the entries last seen
 	// in full; while it matches, a reconcile reads only the set's header
@@ -181,6 +182,10 @@ func (f *Firewall) Apply(ctx context.Context, cfg config.Firewall) error {
 	}
 
 	f.env = detect(ctx, f.cmd)
+	if !f.adopted {
+		f.adoptBans(ctx, namesFor(cfg.ChainPrefix))
+		f.adopted = true
+	}
 	oldFam := f.allowFam
 	f.cfg, f.allow, f.allowFam = &cfg, allow, splitFamilies(allow)
 	if err := f.reconcileLocked(ctx, "apply", true); err != nil {
@@ -306,6 +311,31 @@ func (f *Firewall) Unban(addr netip.Addr) error {
 	return f.reconcileLocked(ctx, "unban", true)
 }
 
+// adoptBans reads back bans a previous run of the agent left in the rules
+// (their expiry is in the rule's comment), so restarting the agent does
+// not lift them. Bans held in an ipset (more than set_threshold) are not
+// adopted.
+func (f *Firewall) adoptBans(ctx context.Context, n names) {
+	now := f.now()
+	for _, fam := range []family{ipv4, ipv6} {
+		out, err := f.cmd.run(ctx, nil, fam.tool()+"-save", "-t", "filter")
+		if err != nil {
+			continue
+		}
+		ts, err := parseSave(out)
+		if err != nil {
+			continue
+		}
+		rules, _ := ts.chain("filter/" + n.gate)
+		for addr, until := range parseBans(rules) {
+			if until.After(now) && until.After(f.bans[addr]) {
+				f.bans[addr] = until
+				f.log.Info("kept ban from the previous run", "addr", addr, "until", until.UTC().Format(time.RFC3339))
+			}
+		}
+	}
+}
+
 // activeBans returns the bans in force at now, sorted.
 func activeBans(bans map[netip.Addr]time.Time, now time.Time) []netip.Addr {
 	var out []netip.Addr
@@ -337,9 +367,13 @@ func buildSpec(cfg *config.Firewall, allow []netip.Prefix, allowFam map[family][
 		allow:        allow,
 		allowFam:     allowFam,
 		bans:         activeBans(bans, now),
+		banUntil:     map[netip.Addr]int64{},
 		protect:      cfg.ProtectPorts,
 		block:        cfg.BlockPorts,
 		setThreshold: cfg.SetThreshold,
+	}
+	for _, a := range s.bans {
+		s.banUntil[a] = bans[a].Unix()
 	}
 	if needsLeakGuard(engine) {
 		// A non-nil empty list still installs the (empty) chain, so the

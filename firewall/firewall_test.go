@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -261,7 +262,7 @@ func TestBanExpiresAndCuts(t *testing.T) {
 		t.Fatal(err)
 	}
 	gate := fn.chain("iptables", "filter/ZG-GATE")
-	if gate[0] != `-s 203.0.113.66/32 -m comment --comment "zguard:ban" -j DROP` {
+	if want := fmt.Sprintf(`-s 203.0.113.66/32 -m comment --comment "zguard:ban:%d" -j DROP`, clock.t.Add(time.Minute).Unix()); gate[0] != want {
 		t.Errorf("gate = %q, want the ban first (before the allowlist)", gate)
 	}
 	if len(ct.cuts) != 1 {
@@ -274,6 +275,19 @@ func TestBanExpiresAndCuts(t *testing.T) {
 	if d := fw.nextWake(); d > time.Minute+time.Second {
 		t.Errorf("next wake %v, want by the ban's expiry", d)
 	}
+	// A restarted agent (new Firewall, same rules) keeps the ban.
+	fw2, _, clock2 := newFake(t, fn, "28.0.0")
+	clock2.t = clock.t.Add(30 * time.Second)
+	if err := fw2.Apply(ctx, fakeConfig("203.0.113.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	if st := fw2.Status(); len(st.Banned) != 1 || !st.Banned[0].Until.Equal(clock.t.Add(time.Minute)) {
+		t.Errorf("restarted agent lost the ban: %+v", st.Banned)
+	}
+	if fw2.Status().Drops["ban"] == 0 {
+		t.Errorf("ban drops not counted under \"ban\": %v", fw2.Status().Drops)
+	}
+
 	clock.t = clock.t.Add(time.Minute)
 	reconcileNow(t, fw, "timer")
 	if gate := fn.chain("iptables", "filter/ZG-GATE"); strings.Contains(strings.Join(gate, "\n"), "zguard:ban") {

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // rule is one observed rule: its spec as iptables-save prints it after
@@ -167,11 +168,39 @@ func counts(ts tables, n names) map[string]uint64 {
 			if i := strings.Index(r.spec, `--comment "zguard:`); i >= 0 {
 				rest := r.spec[i+len(`--comment "zguard:`):]
 				if j := strings.IndexByte(rest, '"'); j >= 0 {
-					name = rest[:j]
+					name, _, _ = strings.Cut(rest[:j], ":") // "ban:<expiry>" counts as "ban"
 				}
 			}
 			out[name] += r.packets
 		}
+	}
+	return out
+}
+
+// parseBans reads the bans in a GATE chain's rules: "-s ADDR/32 -m comment
+// --comment "zguard:ban:UNIX" -j DROP".
+func parseBans(rules []rule) map[netip.Addr]time.Time {
+	out := map[netip.Addr]time.Time{}
+	for _, r := range rules {
+		f := strings.Fields(r.spec)
+		if len(f) < 2 || f[0] != "-s" {
+			continue
+		}
+		i := strings.Index(r.spec, `--comment "zguard:ban:`)
+		if i < 0 {
+			continue
+		}
+		rest := r.spec[i+len(`--comment "zguard:ban:`):]
+		j := strings.IndexByte(rest, '"')
+		if j < 0 {
+			continue
+		}
+		unix, err := strconv.ParseInt(rest[:j], 10, 64)
+		p, perr := netip.ParsePrefix(f[1])
+		if err != nil || perr != nil || !p.IsSingleIP() {
+			continue
+		}
+		out[p.Addr()] = time.Unix(unix, 0)
 	}
 	return out
 }

@@ -117,6 +117,7 @@ type spec struct {
 	allow        []netip.Prefix
 	allowFam     map[family][]netip.Prefix // allow split by family and reduced (familyPrefixes); nil: computed by render
 	bans         []netip.Addr
+	banUntil     map[netip.Addr]int64 // unix expiry of each ban, written into its rule so a restarted agent can adopt it
 	protect      []int
 	block        []int
 	leakPorts    []int // ports for the loopback leak guard; nil = no guard
@@ -175,7 +176,11 @@ func render(s spec, fam family) ruleset {
 			gate = append(gate, fmt.Sprintf("-m set --match-set %s src %s -j DROP", n.banSet(fam), comment(cBan)))
 		} else {
 			for _, b := range bans {
-				gate = append(gate, fmt.Sprintf("-s %s %s -j DROP", b, comment(cBan)))
+				c := cBan
+				if until, ok := s.banUntil[b.Addr()]; ok {
+					c += ":" + strconv.FormatInt(until, 10)
+				}
+				gate = append(gate, fmt.Sprintf("-s %s %s -j DROP", b, comment(c)))
 			}
 		}
 	}
