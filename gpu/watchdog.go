@@ -85,8 +85,8 @@ type Watchdog struct {
 	smp       *sampler
 	lastOpen  time.Time
 	states    map[int]deviceState
-	pending   sync.WaitGroup // interrupts and the XID watch in flight
-	xidStop   context.CancelFunc
+	pending   sync.WaitGroup     // interrupts and the XID watch in flight
+	xidStop   context.CancelFunc // nil: no XID watch started
 }
 
 // New returns a watchdog; it does nothing until Apply and Run.
@@ -229,7 +229,12 @@ func (w *Watchdog) tick(ctx context.Context) (sleep time.Duration) {
 	cfg, applied := w.cfg, w.applied
 	w.mu.Unlock()
 	if !applied || !cfg.Enabled {
-		// Stand down: forget what was seen, so a later enable starts fresh.
+		// Stand down: forget what was seen, so a later enable starts
+		// fresh. NVML itself stays loaded (see the package doc).
+		if w.xidStop != nil {
+			w.xidStop()
+			w.xidStop = nil
+		}
 		w.states = map[int]deviceState{}
 		w.mu.Lock()
 		w.status.Devices = []DeviceStatus{}
@@ -243,6 +248,8 @@ func (w *Watchdog) tick(ctx context.Context) (sleep time.Duration) {
 		if !w.open(cfg) {
 			return retryInit
 		}
+	}
+	if w.xidStop == nil {
 		w.startXID(ctx)
 	}
 	w.mu.Lock()
@@ -312,6 +319,7 @@ func (w *Watchdog) startXID(ctx context.Context) {
 		w.mu.Lock()
 		w.status.XIDWatch = "off: " + err.Error()
 		w.mu.Unlock()
+		w.xidStop = func() {} // unsupported: do not try every round
 		return
 	}
 	w.mu.Lock()
@@ -394,7 +402,7 @@ func (w *Watchdog) round(ctx context.Context, cfg config.GPU) time.Duration {
 	w.status.Container = container
 	w.status.LastSample = w.d.Now()
 	w.status.Sleep = sleep.String()
-	w.status.Reason = ""
+	w.status.Available, w.status.Reason = true, ""
 	w.mu.Unlock()
 	return sleep
 }

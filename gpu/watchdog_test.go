@@ -278,6 +278,15 @@ func TestWatchdogDisabledStandsDown(t *testing.T) {
 	if st := r.w.Status(); st.Enabled || st.Available || len(st.Findings()) != 0 || len(r.killer.killed()) != 0 {
 		t.Errorf("disabled status = %+v, kills %v", st, r.killer.killed())
 	}
+	// Enabled again, it picks up where the GPU is now.
+	r.used.Store(10 * gib)
+	if err := r.w.Apply(context.Background(), fastConfig()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "sampling again", func() bool {
+		st := r.w.Status()
+		return st.Available && len(st.Devices) == 1 && st.Devices[0].MemoryUsed == 10*gib
+	})
 }
 
 func TestWatchdogLostGPUIsCritical(t *testing.T) {
