@@ -90,5 +90,5 @@ echo
 echo "* strace -f -c, whole process (Go runtime included); writes = chmod/chown family calls;"
 echo "  coreutils counts taken on the locked tree (it writes every entry either way)."
 echo "  chmod -R u=rwX,go= keeps x on files that had it (0755 -> 0700); the lock sets exactly 0600."
-echo "  chown -R / chmod -R follow no symlinks either, but resolve paths, so a folder swapped"
-echo "  for a symlink mid-walk redirects them; the lock works on descriptors only."
+echo "  chown -R / chmod -R write every entry on every run; the lock writes only what differs"
+echo "  and never changes hard-linked files (which chown -R / chmod -R would)."
