@@ -88,11 +88,12 @@ func (l fixedLocator) ContainerID() string { return string(l) }
 // rig is a watchdog on a one-GPU H200 mock whose memory the test sets;
 // pid 100 is in the managed container, pid 200 in another one.
 type rig struct {
-	w      *Watchdog
-	used   atomic.Uint64
-	reads  atomic.Int64
-	comfy  *fakeComfy
-	killer *fakeKiller
+	w        *Watchdog
+	procRoot string
+	used     atomic.Uint64
+	reads    atomic.Int64
+	comfy    *fakeComfy
+	killer   *fakeKiller
 }
 
 func newRig(t *testing.T) *rig {
@@ -106,7 +107,7 @@ func newRig(t *testing.T) *rig {
 			t.Fatal(err)
 		}
 	}
-	r := &rig{comfy: &fakeComfy{}, killer: &fakeKiller{}}
+	r := &rig{comfy: &fakeComfy{}, killer: &fakeKiller{}, procRoot: procRoot}
 	srv := dgxh200.New()
 	srv.Devices = srv.Devices[:1]
 	d := srv.Devices[0].(*server.Device)
@@ -226,6 +227,29 @@ func TestWatchdogKillCalledOffWhenMemoryDropped(t *testing.T) {
 		t.Errorf("killed %v although memory had dropped", got)
 	}
 	if a := r.w.Status().Actions; len(a) != 1 || a[0].Action != "kill_skipped" {
+		t.Errorf("actions = %+v", a)
+	}
+}
+
+func TestWatchdogKillSkipsAReusedPID(t *testing.T) {
+	r := newRig(t)
+	// Between the sample and the kill, pid 100 exits and the number is
+	// reused by a process of another container.
+	var calls atomic.Int64
+	d := r.w.d.NVML.(*server.Server).Devices[0].(*server.Device)
+	total := d.MemoryInfo.Total
+	d.GetMemoryInfoFunc = func() (nvml.Memory, nvml.Return) {
+		if calls.Add(1) == 2 {
+			writeCgroup(t, r.procRoot, 100, otherID)
+		}
+		return nvml.Memory{Total: total, Used: total - gib}, nvml.SUCCESS
+	}
+	r.start(t, fastConfig())
+	waitFor(t, "the skipped kill", func() bool { return r.w.Status().Counters.KillsSkipped >= 1 })
+	if got := r.killer.killed(); len(got) != 0 {
+		t.Errorf("killed %v: a reused pid of another container", got)
+	}
+	if a := r.w.Status().Actions; len(a) == 0 || !strings.Contains(a[0].Reason, "no longer belongs") {
 		t.Errorf("actions = %+v", a)
 	}
 }
