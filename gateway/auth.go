@@ -65,7 +65,9 @@ func newCredentials(users []credfile.User, tokens []credfile.Token) (*credential
 // of fifty requests costs one bcrypt and a password-guessing flood can use
 // at most len(sem) cores.
 type authenticator struct {
-	sem   chan struct{}
+	// sem holds one token per bcrypt running; Apply may replace it (a new
+	// bcrypt_concurrency), so each verification keeps the one it took from.
+	sem   atomic.Pointer[chan struct{}]
 	group singleflight.Group
 	cache *verdictCache
 	// bcrypts counts verifications actually run (for status and tests).
@@ -73,7 +75,21 @@ type authenticator struct {
 }
 
 func newAuthenticator(concurrency, cacheSize int) *authenticator {
-	return &authenticator{sem: make(chan struct{}, concurrency), cache: newVerdictCache(cacheSize)}
+	a := &authenticator{cache: newVerdictCache(cacheSize)}
+	a.setConcurrency(concurrency)
+	return a
+}
+
+// setConcurrency bounds parallel bcrypt verifications to n (at least 1).
+func (a *authenticator) setConcurrency(n int) {
+	if n < 1 {
+		n = 1
+	}
+	if cur := a.sem.Load(); cur != nil && cap(*cur) == n {
+		return
+	}
+	ch := make(chan struct{}, n)
+	a.sem.Store(&ch)
 }
 
 // check authenticates an Authorization header value against creds and
@@ -147,14 +163,15 @@ func (a *authenticator) checkPassword(ctx context.Context, creds *credentials, u
 			if ok, hit := a.cache.get(key); hit {
 				return ok, nil
 			}
+			sem := *a.sem.Load()
 			select {
-			case a.sem <- struct{}{}:
+			case sem <- struct{}{}:
 			case <-ctx.Done():
 				return false, ctx.Err()
 			}
 			a.bcrypts.Add(1)
 			ok := bcrypt.CompareHashAndPassword(hash, []byte(pass)) == nil
-			<-a.sem
+			<-sem
 			a.cache.put(key, ok)
 			return ok, nil
 		})

@@ -179,9 +179,11 @@ func (g *Gateway) Apply(ctx context.Context, cfg config.Gateway) error {
 
 	// Nothing can fail from here on: commit.
 	s.users, s.tokens = len(creds.users), len(creds.tokens)
-	if bc := cfg.BcryptConcurrency; bc > 0 && bc != cap(g.auth.sem) {
-		g.auth.sem = make(chan struct{}, bc)
+	bc := cfg.BcryptConcurrency
+	if bc <= 0 {
+		bc = runtime.GOMAXPROCS(0)
 	}
+	g.auth.setConcurrency(bc)
 	g.limits.configure(cfg.MaxConcurrentPrompts, cfg.PromptsPerMinute)
 	g.cur.Store(s)
 	g.creds.Store(creds)
