@@ -415,7 +415,7 @@ func TestTimingUnknownUserVsWrongPassword(t *testing.T) {
 	if mk < 5*time.Millisecond {
 		t.Fatalf("wrong-password median %v: no bcrypt happened?", mk)
 	}
-	if ratio < 0.67 || ratio > 1.5 {
+	if ratio < 0.5 || ratio > 2 { // a skipped bcrypt would be a ratio of ~100
 		t.Errorf("timing distinguishes unknown users: ratio %.2f", ratio)
 	}
 }
