@@ -73,9 +73,10 @@ func diff(want ruleset, have tables, sets haveSets, n names) change {
 		if t != nil {
 			parent = t.chains[j.parent]
 		}
-		if t == nil || !t.has(j.parent) {
-			// Only DOCKER-USER can be missing (Docker not started yet):
-			// create it the way dockerd does.
+		if (t == nil || !t.has(j.parent)) && !builtinChain(j.parent) {
+			// DOCKER-USER is missing when Docker has not started yet:
+			// create it the way dockerd does. (Built-in chains appear
+			// with their table.)
 			s.decl = append(s.decl, ":"+j.parent+" - [0:0]")
 		}
 		count := 0
@@ -146,6 +147,14 @@ func diff(want ruleset, have tables, sets haveSets, n names) change {
 
 	c.setsBefore, c.setsAfter = diffSets(want, sets, n, &c.drift)
 	return c
+}
+
+func builtinChain(ch string) bool {
+	switch ch {
+	case "INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING":
+		return true
+	}
+	return false
 }
 
 // unhook returns the -D commands that remove every rule of t jumping to ch.
