@@ -48,6 +48,7 @@ const (
 	maxHeaderBytes    = 64 << 10
 	verdictCacheSize  = 4096
 	pollInterval      = time.Second
+	maxTrackedAddrs   = 1 << 16 // failure histories kept at once
 )
 
 // Gateway is the authenticating reverse proxy. Create it with New, then
@@ -416,6 +417,14 @@ func (g *Gateway) loginFailed(s *settings, addr netip.Addr, keep net.Conn) bool 
 	}
 	now := g.now()
 	g.mu.Lock()
+	if _, known := g.failures[addr]; !known && len(g.failures) >= maxTrackedAddrs {
+		// Bound the memory a flood from many addresses can take: forget
+		// one history (map order is random enough for this).
+		for a := range g.failures {
+			delete(g.failures, a)
+			break
+		}
+	}
 	h, ban := recordFailure(g.failures[addr], now, lo.Window.D(), lo.Failures)
 	if !ban {
 		g.failures[addr] = h
