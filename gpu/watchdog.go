@@ -105,7 +105,7 @@ func New(d Deps) *Watchdog {
 	}
 	w := &Watchdog{
 		d:       d,
-		log:     d.Log.With("subsystem", "gpu"),
+		log:     d.Log,
 		proc:    procFS{root: d.ProcRoot},
 		changed: make(chan struct{}, 1),
 		states:  map[int]deviceState{},
