@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,6 +37,11 @@ func TestBenchFirewall(t *testing.T) {
 	}
 	tp := newTopo(t)
 	tp.listen(t, protectedPort)
+	sinkPort := protectedPort + 1
+	received := tp.sink(t, sinkPort)
+	// Segments are sent one by one, without offloads merging them, so the
+	// rate reflects per-packet work.
+	sh(t, "ip", "-n", tp.allowed, "link", "set", "dev", "eth0", "gso_max_segs", "1")
 	ctx := context.Background()
 
 	entries := func(n int) []string {
@@ -67,6 +74,7 @@ func TestBenchFirewall(t *testing.T) {
 			fw := newQuiet(t, tp)
 			cfg := testConfig(t, entries(n)...)
 			cfg.SetThreshold = thr
+			cfg.ProtectPorts = []int{protectedPort, sinkPort}
 			if err := fw.Apply(ctx, cfg); err != nil {
 				t.Fatal(err)
 			}
@@ -89,23 +97,24 @@ func TestBenchFirewall(t *testing.T) {
 			}
 			fmt.Printf("%-8d | %-12s | %-14s | %-10d\n", n, mode, median(times).Round(100*time.Microsecond), writes)
 
-			if n == 10000 {
-				rtt := connectCost(t, tp, 300)
-				perPacket = append(perPacket, fmt.Sprintf("%-8d | %-12s | %v", n, mode, rtt.Round(time.Microsecond)))
+			if n >= 1000 {
+				rate := uploadRate(t, tp, sinkPort, received)
+				perPacket = append(perPacket, fmt.Sprintf("%-8d | %-12s | %.1f MB/s", n, mode, rate))
 			}
 			_ = cleanup(ctx, tp.cmd, cfg.ChainPrefix, quietLogger())
 		}
 	}
 	fw := newQuiet(t, tp)
 	cfg := testConfig(t, allowedV4.String())
+	cfg.ProtectPorts = []int{protectedPort, sinkPort}
 	if err := fw.Apply(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	base := connectCost(t, tp, 300)
+	base := uploadRate(t, tp, sinkPort, received)
 	_ = cleanup(ctx, tp.cmd, cfg.ChainPrefix, quietLogger())
-	fmt.Printf("\nPer-packet cost: mean TCP connect from the allowed client (matched by the LAST entry)\n")
-	fmt.Printf("%-8s | %-12s | %s\n", "entries", "mode", "connect")
-	fmt.Printf("%-8d | %-12s | %v\n", 1, "rules", base.Round(time.Microsecond))
+	fmt.Printf("\nPer-packet cost: 1 s upload from the allowed client (matched by the LAST entry), one segment per packet (gso_max_segs 1)\n")
+	fmt.Printf("%-8s | %-12s | %s\n", "entries", "mode", "throughput")
+	fmt.Printf("%-8d | %-12s | %.1f MB/s\n", 1, "rules", base)
 	for _, l := range perPacket {
 		fmt.Println(l)
 	}
@@ -196,19 +205,58 @@ func measureAnchor(t *testing.T, allow []string, budget time.Duration) string {
 	return res
 }
 
-// connectCost is the mean time of n TCP connects from the allowed client.
-func connectCost(t *testing.T, tp *topo, n int) time.Duration {
-	var total time.Duration
-	for range n {
-		start := time.Now()
-		c, err := dial(t, tp.allowed, serverV4A, protectedPort, 2*time.Second)
-		if err != nil {
-			t.Fatalf("allowed client: %v", err)
-		}
-		total += time.Since(start)
-		c.Close()
+// uploadRate sends from the allowed client to the sink for a second and
+// returns what the sink received, in MB/s. Every segment passes the
+// firewall's INPUT rules, so the rate falls as per-packet cost grows.
+func uploadRate(t *testing.T, tp *topo, port int, received *atomic.Int64) float64 {
+	c, err := dial(t, tp.allowed, serverV4A, port, 2*time.Second)
+	if err != nil {
+		t.Fatalf("allowed client: %v", err)
 	}
-	return total / time.Duration(n)
+	defer c.Close()
+	buf := make([]byte, 1400) // one segment per write: no GSO batching
+	start := received.Load()
+	deadline := time.Now().Add(time.Second)
+	c.SetWriteDeadline(deadline)
+	for time.Now().Before(deadline) {
+		if _, err := c.Write(buf); err != nil {
+			break
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	return float64(received.Load()-start) / 1e6
+}
+
+// sink listens on port in the server namespace and counts what it reads.
+func (tp *topo) sink(t *testing.T, port int) *atomic.Int64 {
+	var n atomic.Int64
+	var ln net.Listener
+	var err error
+	inNetns(t, tp.server, func() { ln, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", port)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 256*1024)
+				for {
+					k, err := c.Read(buf)
+					n.Add(int64(k))
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return &n
 }
 
 func median(ds []time.Duration) time.Duration {
