@@ -11,9 +11,22 @@ import (
 	"github.com/zguard/zguard/internal/testenv"
 )
 
-// baseConfig is a container-only config for the fake ComfyUI image.
-func baseConfig(image string, port int, extra string) string {
-	return fmt.Sprintf(`
+// agentConfig is the config e2e tests start from: the fake ComfyUI on
+// 127.0.0.1:port with containerExtra added to [container], and every other
+// subsystem off unless sections replaces it with a whole section of its
+// own ("[gpu]\nenabled = true\n...").
+func agentConfig(image string, port int, containerExtra string, sections ...string) string {
+	order := []string{"firewall", "output", "gpu", "gateway"}
+	parts := map[string]string{}
+	for _, name := range order {
+		parts[name] = "[" + name + "]\nenabled = false\n"
+	}
+	for _, s := range sections {
+		header, _, _ := strings.Cut(strings.TrimSpace(s), "\n")
+		parts[strings.Trim(header, "[] ")] = strings.TrimSpace(s) + "\n"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `
 [agent]
 socket = "{{SOCKET}}"
 [container]
@@ -27,13 +40,16 @@ update_interval = "0"
 health_timeout = "20s"
 restart = { initial = "200ms", max = "2s", reset_after = "1m" }
 %s
-[firewall]
-enabled = false
-[output]
-enabled = false
-[gpu]
-enabled = false
-`, image, port, extra)
+`, image, port, containerExtra)
+	for _, name := range order {
+		b.WriteString(parts[name])
+	}
+	return b.String()
+}
+
+// baseConfig is a container-only config.
+func baseConfig(image string, port int, extra string) string {
+	return agentConfig(image, port, extra)
 }
 
 func fakeImage(t *testing.T) string {

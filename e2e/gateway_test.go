@@ -28,18 +28,7 @@ const (
 )
 
 func gatewayConfig(image string, comfyPort, gwPort int, prefix string) string {
-	return fmt.Sprintf(`
-[agent]
-socket = "{{SOCKET}}"
-[container]
-name = "{{NAME}}"
-image = %q
-pull = "never"
-gpus = "none"
-ports = [{ container = 8188, host = %d }]
-reconcile_interval = "1s"
-update_interval = "0"
-health_timeout = "20s"
+	return agentConfig(image, comfyPort, "", fmt.Sprintf(`
 [firewall]
 enabled = true
 allow = [%q]
@@ -47,10 +36,7 @@ protect_ports = [%d]
 block_ports = [%d]
 reconcile_interval = "300ms"
 chain_prefix = %q
-[output]
-enabled = false
-[gpu]
-enabled = false
+`, gwClientAddr, gwPort, comfyPort, prefix), fmt.Sprintf(`
 [gateway]
 enabled = true
 listen = ["0.0.0.0:%d"]
@@ -58,7 +44,7 @@ htpasswd = "{{DIR}}/htpasswd"
 tokens = "{{DIR}}/tokens"
 audit_log = "{{DIR}}/audit.jsonl"
 lockout = { failures = 5, window = "10m", ban = "1h" }
-`, image, comfyPort, gwClientAddr, gwPort, comfyPort, prefix, gwPort)
+`, gwPort))
 }
 
 // gwClientNS makes a namespace whose only link is a veth to the root

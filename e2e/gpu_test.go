@@ -15,26 +15,7 @@ import (
 
 // gpuConfig is a container config with the GPU watchdog on.
 func gpuConfig(image string, port int, gpuSection string) string {
-	return fmt.Sprintf(`
-[agent]
-socket = "{{SOCKET}}"
-[container]
-name = "{{NAME}}"
-image = %q
-pull = "never"
-gpus = "none"
-ports = [{ container = 8188, host = %d }]
-reconcile_interval = "1s"
-update_interval = "0"
-health_timeout = "20s"
-restart = { initial = "200ms", max = "2s", reset_after = "1m" }
-[firewall]
-enabled = false
-[output]
-enabled = false
-[gpu]
-%s
-`, image, port, gpuSection)
+	return agentConfig(image, port, "", "[gpu]\n"+gpuSection)
 }
 
 // fakeStats reads the fake ComfyUI's test counters.

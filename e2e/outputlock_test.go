@@ -19,21 +19,7 @@ import (
 // outputConfig runs the fake ComfyUI with {{DIR}}/output as its output
 // folder and the output lock on it.
 func outputConfig(image string, port int, fileMode string) string {
-	return fmt.Sprintf(`
-[agent]
-socket = "{{SOCKET}}"
-[container]
-name = "{{NAME}}"
-image = %q
-pull = "never"
-gpus = "none"
-ports = [{ container = 8188, host = %d }]
-volumes = ["{{DIR}}/output:/root/ComfyUI/output"]
-reconcile_interval = "1s"
-update_interval = "0"
-health_timeout = "20s"
-[firewall]
-enabled = false
+	return agentConfig(image, port, `volumes = ["{{DIR}}/output:/root/ComfyUI/output"]`, fmt.Sprintf(`
 [output]
 path = "{{DIR}}/output"
 owner = "root"
@@ -42,9 +28,7 @@ dir_mode = "0700"
 file_mode = %q
 watch = true
 symlinks = "remove"
-[gpu]
-enabled = false
-`, image, port, fileMode)
+`, fileMode))
 }
 
 func modeOwner(p string) (os.FileMode, uint32, uint32, bool) {
