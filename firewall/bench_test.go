@@ -112,7 +112,7 @@ func TestBenchFirewall(t *testing.T) {
 	}
 	base := uploadRate(t, tp, sinkPort, received)
 	_ = cleanup(ctx, tp.cmd, cfg.ChainPrefix, quietLogger())
-	fmt.Printf("\nPer-packet cost: 1 s upload from the allowed client (matched by the LAST entry), one segment per packet (gso_max_segs 1)\n")
+	fmt.Printf("\nPer-packet cost: upload from the allowed client, matched by the LAST entry; one segment per packet (gso_max_segs 1); best of 3 x 0.5 s\n")
 	fmt.Printf("%-8s | %-12s | %s\n", "entries", "mode", "throughput")
 	fmt.Printf("%-8d | %-12s | %.1f MB/s\n", 1, "rules", base)
 	for _, l := range perPacket {
@@ -205,18 +205,26 @@ func measureAnchor(t *testing.T, allow []string, budget time.Duration) string {
 	return res
 }
 
-// uploadRate sends from the allowed client to the sink for a second and
-// returns what the sink received, in MB/s. Every segment passes the
+// uploadRate sends from the allowed client to the sink and returns the
+// best rate the sink received, in MB/s. Every segment passes the
 // firewall's INPUT rules, so the rate falls as per-packet cost grows.
 func uploadRate(t *testing.T, tp *topo, port int, received *atomic.Int64) float64 {
+	best := 0.0
+	for range 3 { // best of three: the test box is shared
+		best = max(best, uploadOnce(t, tp, port, received, 500*time.Millisecond))
+	}
+	return best
+}
+
+func uploadOnce(t *testing.T, tp *topo, port int, received *atomic.Int64, d time.Duration) float64 {
 	c, err := dial(t, tp.allowed, serverV4A, port, 2*time.Second)
 	if err != nil {
 		t.Fatalf("allowed client: %v", err)
 	}
 	defer c.Close()
-	buf := make([]byte, 1400) // one segment per write: no GSO batching
+	buf := make([]byte, 64*1024)
 	start := received.Load()
-	deadline := time.Now().Add(time.Second)
+	deadline := time.Now().Add(d)
 	c.SetWriteDeadline(deadline)
 	for time.Now().Before(deadline) {
 		if _, err := c.Write(buf); err != nil {
@@ -224,7 +232,7 @@ func uploadRate(t *testing.T, tp *topo, port int, received *atomic.Int64) float6
 		}
 	}
 	time.Sleep(50 * time.Millisecond)
-	return float64(received.Load()-start) / 1e6
+	return float64(received.Load()-start) / 1e6 / d.Seconds()
 }
 
 // sink listens on port in the server namespace and counts what it reads.
