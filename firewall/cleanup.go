@@ -64,14 +64,18 @@ func removeFamily(ctx context.Context, cmd commander, n names, fam family, nft b
 	if err != nil {
 		return 0, err
 	}
-	script, lines := removalScript(have, n)
+	script, touched := removalScript(have, n)
+	lines := 0
+	for _, c := range touched {
+		lines += c
+	}
 	if lines > 0 {
 		if _, err := cmd.run(ctx, script, fam.tool()+"-restore", "-w", "--noflush"); err != nil {
 			return 0, fmt.Errorf("removing %s rules: %w", fam, err)
 		}
 	}
 	if nft {
-		deleted, err := dropPristineTables(ctx, cmd, fam)
+		deleted, err := dropPristineTables(ctx, cmd, fam, touched)
 		lines += deleted
 		if err != nil {
 			return lines, err
@@ -81,15 +85,15 @@ func removeFamily(ctx context.Context, cmd commander, n names, fam family, nft b
 }
 
 // removalScript is the iptables-restore input that unhooks and deletes
-// zguard's chains; lines counts its commands.
-func removalScript(have tables, n names) ([]byte, int) {
+// zguard's chains; touched counts its commands per table.
+func removalScript(have tables, n names) ([]byte, map[string]int) {
 	ours := map[string]bool{}
 	for _, k := range n.chainKeys() {
 		_, ch, _ := strings.Cut(k, "/")
 		ours[ch] = true
 	}
 	var b strings.Builder
-	lines := 0
+	touched := map[string]int{}
 	for _, tname := range []string{"raw", "filter"} {
 		t := have[tname]
 		if t == nil {
@@ -123,9 +127,9 @@ func removalScript(have tables, n names) ([]byte, int) {
 			b.WriteString(l + "\n")
 		}
 		b.WriteString("COMMIT\n")
-		lines += len(all)
+		touched[tname] = len(all)
 	}
-	return []byte(b.String()), lines
+	return []byte(b.String()), touched
 }
 
 // dockerUserOnlyOurs reports whether DOCKER-USER holds nothing but jumps to
@@ -151,10 +155,12 @@ func dockerUserOnlyOurs(t *table, n names, ours map[string]bool) bool {
 	return true
 }
 
-// dropPristineTables deletes filter and raw tables that hold nothing (only
-// built-in chains, policy ACCEPT, no rules): on nf_tables such a table
-// exists only because something, zguard included, once wrote to it.
-func dropPristineTables(ctx context.Context, cmd commander, fam family) (int, error) {
+// dropPristineTables deletes the tables zguard just removed its chains from
+// when they now hold nothing (only built-in chains, policy ACCEPT, no
+// rules): on nf_tables such a table exists only because something wrote to
+// it, here zguard, and an empty table filters exactly like a missing one.
+// Tables zguard had nothing in are never touched.
+func dropPristineTables(ctx context.Context, cmd commander, fam family, touched map[string]int) (int, error) {
 	out, err := cmd.run(ctx, nil, fam.tool()+"-save")
 	if err != nil {
 		return 0, fmt.Errorf("reading %s rules: %w", fam, err)
@@ -170,7 +176,7 @@ func dropPristineTables(ctx context.Context, cmd commander, fam family) (int, er
 	deleted := 0
 	for _, tname := range []string{"raw", "filter"} {
 		t := have[tname]
-		if t == nil || !pristine(t) {
+		if touched[tname] == 0 || t == nil || !pristine(t) {
 			continue
 		}
 		if _, err := cmd.run(ctx, nil, "nft", "delete", "table", nftFamily, tname); err != nil {
