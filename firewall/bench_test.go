@@ -52,7 +52,8 @@ func TestBenchFirewall(t *testing.T) {
 		return out
 	}
 
-	fmt.Printf("\nApply an allowlist (fresh namespace each row; iptables %s)\n", strings.TrimSpace(string(must(tp.cmd.run(ctx, nil, "iptables", "--version")))))
+	version, _ := tp.cmd.run(ctx, nil, "iptables", "--version")
+	fmt.Printf("\nApply an allowlist (fresh namespace each row; %s)\n", strings.TrimSpace(string(version)))
 	fmt.Printf("%-8s | %-28s | %-28s | %-34s\n", "entries", "zguard (auto: set > 32)", "zguard (forced rules)", "anchor: go-iptables Append/CIDR")
 	fmt.Printf("%-8s | %-28s | %-28s | %-34s\n", "", "time / tool calls", "time / tool calls", "time / iptables calls")
 	for _, n := range []int{10, 1000, 10000} {

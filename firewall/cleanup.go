@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os/exec"
 	"slices"
 	"strings"
 )
@@ -30,7 +31,13 @@ func Cleanup(ctx context.Context, prefix string, log *slog.Logger) error {
 
 func cleanup(ctx context.Context, cmd commander, prefix string, log *slog.Logger) error {
 	n := namesFor(prefix)
-	backend := parseBackend(string(must(cmd.run(ctx, nil, "iptables", "--version"))))
+	version, err := cmd.run(ctx, nil, "iptables", "--version")
+	if errors.Is(err, exec.ErrNotFound) {
+		// No iptables on this host: zguard never installed anything here.
+		log.Info("iptables not installed; no firewall rules to remove")
+		return nil
+	}
+	backend := parseBackend(string(version))
 	var errs []error
 	for _, fam := range []family{ipv4, ipv6} {
 		removed, err := removeFamily(ctx, cmd, n, fam, backend == "iptables-nft")
@@ -47,8 +54,6 @@ func cleanup(ctx context.Context, cmd commander, prefix string, log *slog.Logger
 	}
 	return errors.Join(errs...)
 }
-
-func must(b []byte, _ error) []byte { return b }
 
 // removeFamily removes zguard's objects from one family's tables and
 // returns how many commands that took.

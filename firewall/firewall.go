@@ -646,8 +646,12 @@ func prefixStrings(ps []netip.Prefix) []string {
 	return out
 }
 
+// setError records a failed reconcile or removal. Either way rules may be
+// installed, or missing, against the operator's wish: the status counts as
+// enabled so the error shows as a finding.
 func (f *Firewall) setError(err error) {
 	f.setStatus(func(s *Status) {
+		s.Enabled = true
 		s.InSync = false
 		s.Error = err.Error()
 		s.LastCheck = f.now()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -410,5 +411,27 @@ func TestNoIPv6Host(t *testing.T) {
 	cfg.IPv6 = "on"
 	if err := fw.Apply(context.Background(), cfg); err == nil {
 		t.Error(`ipv6 = "on" without ip6tables should fail`)
+	}
+}
+
+// missingTools is a host without iptables or ipset.
+type missingTools struct{}
+
+func (missingTools) run(_ context.Context, _ []byte, name string, _ ...string) ([]byte, error) {
+	return nil, fmt.Errorf("%s: %w", name, exec.ErrNotFound)
+}
+
+func TestDisabledOnHostWithoutIptables(t *testing.T) {
+	fw := New(Deps{Log: testLogger(t), cmd: missingTools{}, ct: &fakeConntrack{}})
+	cfg := fakeConfig()
+	cfg.Enabled = false
+	if err := fw.Apply(context.Background(), cfg); err != nil {
+		t.Errorf("disabled firewall on a host without iptables: %v", err)
+	}
+	cfg.Enabled = true
+	if err := fw.Apply(context.Background(), cfg); err == nil {
+		t.Error("enabled firewall on a host without iptables should fail")
+	} else if st := fw.Status(); health.Worst(st.Findings()) != health.Critical {
+		t.Errorf("findings %v, want CRITICAL", st.Findings())
 	}
 }
