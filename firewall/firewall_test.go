@@ -435,3 +435,39 @@ func TestDisabledOnHostWithoutIptables(t *testing.T) {
 		t.Errorf("findings %v, want CRITICAL", st.Findings())
 	}
 }
+
+// TestSetTamperingIsFound: a set whose entry count changes is repaired at
+// the next reconcile; one entry swapped for another (same count) within
+// fullCheckEvery reconciles.
+func TestSetTamperingIsFound(t *testing.T) {
+	fn := newFakeNet().withDocker()
+	fw, _, _ := newFake(t, fn, "28.0.0")
+	cfg := fakeConfig()
+	for i := range 40 {
+		cfg.Allow = append(cfg.Allow, netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}).String()+"/32")
+	}
+	if err := fw.Apply(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	want := fn.snapshot()
+	cases := map[string]struct {
+		tamper func(set []string) []string
+		within int
+	}{
+		"entry deleted": {func(s []string) []string { return s[1:] }, 1},
+		"entry swapped": {func(s []string) []string { s = slices.Clone(s); s[0] = "192.0.2.99/32"; return s }, fullCheckEvery},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			fn.mu.Lock()
+			fn.sets["ZG-allow4"] = c.tamper(fn.sets["ZG-allow4"])
+			fn.mu.Unlock()
+			for i := 0; i < c.within && fn.snapshot() != want; i++ {
+				reconcileNow(t, fw, "timer")
+			}
+			if fn.snapshot() != want {
+				t.Errorf("set not repaired within %d reconciles", c.within)
+			}
+		})
+	}
+}
