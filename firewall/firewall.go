@@ -477,8 +477,8 @@ func (f *Firewall) reconcileLocked(ctx context.Context, reason string, expected 
 		st.Mixed = f.env.mixed
 		st.DockerNftables = f.env.dockerNft
 		st.Allow = prefixStrings(f.allow)
-		st.ProtectedPorts = f.cfg.ProtectPorts
-		st.BlockedPorts = f.cfg.BlockPorts
+		st.ProtectedPorts = append([]int{}, f.cfg.ProtectPorts...) // [] rather than null in JSON
+		st.BlockedPorts = append([]int{}, f.cfg.BlockPorts...)
 		st.IPv6 = slices.Contains(install, ipv6)
 		st.InSync = true
 		st.Error = ""
@@ -487,7 +487,7 @@ func (f *Firewall) reconcileLocked(ctx context.Context, reason string, expected 
 		for _, v := range drops {
 			st.DroppedPackets += v
 		}
-		st.Banned = st.Banned[:0]
+		st.Banned = []Banned{}
 		for _, a := range s.bans {
 			st.Banned = append(st.Banned, Banned{Addr: a.String(), Until: f.bans[a].UTC()})
 		}
