@@ -12,6 +12,7 @@ import (
 
 	"github.com/zguard/zguard/agent"
 	"github.com/zguard/zguard/config"
+	"github.com/zguard/zguard/firewall"
 	"github.com/zguard/zguard/health"
 )
 
@@ -82,6 +83,14 @@ func cmdCheck(ctx context.Context, g *globals, args []string) int {
 	}
 	for _, w := range cfg.Warnings {
 		fmt.Fprintf(os.Stderr, "warning: %s\n", w.String())
+	}
+	// What this host would stop the firewall from doing (Docker's nftables
+	// backend, mixed legacy/nft tables). The file is still valid, so the
+	// exit code stays 0: the agent runs and status reports it as CRITICAL.
+	if os.Geteuid() == 0 {
+		for _, f := range firewall.Preflight(ctx, cfg.Firewall) {
+			fmt.Fprintf(os.Stderr, "host: %s: %s: %s\n", f.Level, f.Subsystem, f.Msg)
+		}
 	}
 	fmt.Printf("%s: OK\n", g.config)
 	return 0
