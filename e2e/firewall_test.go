@@ -16,18 +16,7 @@ import (
 // firewallConfig runs the fake ComfyUI on loopback port `port` with the
 // firewall blocking that port and protecting `protected`.
 func firewallConfig(image string, port, protected int, prefix, allow string) string {
-	return fmt.Sprintf(`
-[agent]
-socket = "{{SOCKET}}"
-[container]
-name = "{{NAME}}"
-image = %q
-pull = "never"
-gpus = "none"
-ports = [{ container = 8188, host = %d }]
-reconcile_interval = "1s"
-update_interval = "0"
-health_timeout = "20s"
+	return agentConfig(image, port, "", fmt.Sprintf(`
 [firewall]
 enabled = true
 allow = [%s]
@@ -35,11 +24,7 @@ protect_ports = [%d]
 block_ports = [%d]
 reconcile_interval = "300ms"
 chain_prefix = %q
-[output]
-enabled = false
-[gpu]
-enabled = false
-`, image, port, allow, protected, port, prefix)
+`, allow, protected, port, prefix))
 }
 
 func iptablesSave(t *testing.T) string {
