@@ -128,7 +128,11 @@ func firstLine(s string) string {
 // WriteHuman prints the compact summary `zguard status` shows.
 func WriteHuman(w io.Writer, st Status) {
 	fmt.Fprintf(w, "zguard %s: %s\n", st.Version, st.Overall)
-	fmt.Fprintf(w, "  %-10s %s (loaded %s ago)\n", "config", st.Config.Path, ago(st.Config.LoadedAt))
+	loaded := "not loaded"
+	if !st.Config.LoadedAt.IsZero() {
+		loaded = "loaded " + time.Since(st.Config.LoadedAt).Round(time.Second).String() + " ago"
+	}
+	fmt.Fprintf(w, "  %-10s %s (%s)\n", "config", st.Config.Path, loaded)
 	var c struct {
 		Name, ID, Image, State, Health, Docker string
 		Restarts                               int
@@ -241,11 +245,4 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func ago(t time.Time) string {
-	if t.IsZero() {
-		return "never"
-	}
-	return time.Since(t).Round(time.Second).String()
 }

@@ -101,7 +101,7 @@ func defaultContainer() Container {
 		ReconcileInterval: Duration(30 * time.Second),
 		StopTimeout:       Duration(30 * time.Second),
 		Restart: Backoff{
-			Initial:    Duration(100 * time.Millisecond),
+			Initial:    Duration(time.Second),
 			Max:        Duration(5 * time.Minute),
 			ResetAfter: Duration(10 * time.Minute),
 		},

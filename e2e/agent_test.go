@@ -227,6 +227,10 @@ func TestStatusExitCodes(t *testing.T) {
 	if out, code := a.CLI("status"); code != 0 {
 		t.Fatalf("running: exit %d\n%s", code, out)
 	}
+	// The first crash after a healthy run is restarted at once; a second
+	// quick one waits restart.initial (1m here), so the container is down.
+	Docker(t, "kill", c.ID)
+	WaitFor(t, 20*time.Second, "immediate restart", func() bool { c := a.Container(); return c.Restarts == 1 && c.State == "running" })
 	Docker(t, "kill", c.ID)
 	WaitFor(t, 20*time.Second, "container down in status", func() bool { return a.Container().State == "restarting" })
 	if out, code := a.CLI("status"); code != 2 {

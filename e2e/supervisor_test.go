@@ -261,3 +261,18 @@ func TestDriftIsRepaired(t *testing.T) {
 		return c2.ID != c.ID && c2.State == "running"
 	})
 }
+
+func TestKernelOOMKillIsReported(t *testing.T) {
+	img := testenv.FakeComfyImage(t, testenv.ImageSpec{Tag: "zguard-fakecomfy:oom", Args: []string{"-alloc-mib", "256"}})
+	a := StartAgent(t, testenv.UniqueName("zg-e2e-oom-"), baseConfig(img, FreePort(t), `memory = "32MiB"`))
+	var raw struct {
+		OOMKills  int `json:"oom_kills"`
+		LastExits []struct {
+			OOMKilled bool `json:"oom_killed"`
+		} `json:"last_exits"`
+	}
+	WaitFor(t, 60*time.Second, "OOM kill reported", func() bool {
+		a.Part("container", &raw)
+		return raw.OOMKills > 0 && len(raw.LastExits) > 0 && raw.LastExits[len(raw.LastExits)-1].OOMKilled
+	})
+}

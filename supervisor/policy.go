@@ -27,28 +27,33 @@ type restartPlan struct {
 // history of exits (oldest first, including the latest one) and now in,
 // the plan out.
 //
-// Delay doubles with each consecutive short-lived run, from restart.initial
-// up to restart.max; a run that lasted restart.reset_after or longer starts
-// the count over. A crash loop is restarts >= crash_loop.restarts within
-// crash_loop.window; zguard keeps retrying at the backoff delay, but status
-// goes CRITICAL.
+// The first exit after a healthy run is restarted at once: one crash of a
+// long-running ComfyUI (or the GPU watchdog's kill) should cost only the
+// container's start time. Each further exit that follows a short run waits
+// restart.initial, then twice that, and so on up to restart.max; a run that
+// lasted restart.reset_after or longer starts the count over. A crash loop
+// is restarts >= crash_loop.restarts within crash_loop.window; zguard keeps
+// retrying at the backoff delay, but status goes CRITICAL.
 func planRestart(exits []Exit, b config.Backoff, cl config.CrashLoop, now time.Time) restartPlan {
 	failures := 0
 	for i := len(exits) - 1; i >= 0; i-- {
+		failures++
 		if exits[i].Uptime >= b.ResetAfter.D() && b.ResetAfter > 0 {
 			break
 		}
-		failures++
 	}
 	if failures == 0 {
 		failures = 1
 	}
-	delay := b.Initial.D()
-	for i := 1; i < failures && delay < b.Max.D(); i++ {
-		delay *= 2
-	}
-	if delay > b.Max.D() {
-		delay = b.Max.D()
+	var delay time.Duration
+	if failures > 1 {
+		delay = b.Initial.D()
+		for i := 2; i < failures && delay < b.Max.D(); i++ {
+			delay *= 2
+		}
+		if delay > b.Max.D() {
+			delay = b.Max.D()
+		}
 	}
 	inWindow := 0
 	for _, e := range exits {

@@ -19,14 +19,15 @@ func TestPlanRestart(t *testing.T) {
 		delay     time.Duration
 		crashLoop bool
 	}{
-		"first exit waits initial":        {[]Exit{short(0)}, 0, time.Second, false},
-		"second quick exit doubles":       {[]Exit{short(0), short(2 * time.Second)}, 2 * time.Second, 2 * time.Second, false},
-		"third doubles again":             {[]Exit{short(0), short(2 * time.Second), short(5 * time.Second)}, 5 * time.Second, 4 * time.Second, false},
+		"first exit restarts at once":     {[]Exit{short(0)}, 0, 0, false},
+		"second quick exit waits initial": {[]Exit{short(0), short(2 * time.Second)}, 2 * time.Second, time.Second, false},
+		"third doubles":                   {[]Exit{short(0), short(2 * time.Second), short(5 * time.Second)}, 5 * time.Second, 2 * time.Second, false},
 		"capped at max":                   {[]Exit{short(0), short(1), short(2), short(3), short(4), short(5), short(6), short(7)}, 8, 30 * time.Second, true},
-		"long run resets the count":       {[]Exit{short(0), short(1), short(2), long(time.Hour)}, time.Hour, time.Second, false},
-		"crash loop at five in window":    {[]Exit{short(0), short(1), short(2), short(3), short(4)}, 5, 16 * time.Second, true},
-		"old exits fall out of window":    {[]Exit{short(0), short(1), short(2), short(3), short(20 * time.Minute)}, 20 * time.Minute, 16 * time.Second, false},
-		"exit after long run is not loop": {[]Exit{long(0)}, time.Minute, time.Second, false},
+		"long run resets the count":       {[]Exit{short(0), short(1), short(2), long(time.Hour)}, time.Hour, 0, false},
+		"quick exit after a long run":     {[]Exit{short(0), long(time.Hour), short(time.Hour + time.Second)}, time.Hour + time.Second, time.Second, false},
+		"crash loop at five in window":    {[]Exit{short(0), short(1), short(2), short(3), short(4)}, 5, 8 * time.Second, true},
+		"old exits fall out of window":    {[]Exit{short(0), short(1), short(2), short(3), short(20 * time.Minute)}, 20 * time.Minute, 8 * time.Second, false},
+		"exit after long run is not loop": {[]Exit{long(0)}, time.Minute, 0, false},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -306,10 +306,8 @@ func (s *Supervisor) handleEvent(ctx context.Context, ev events.Message) {
 	}
 	switch ev.Action {
 	case events.ActionOOM:
-		s.mu.Lock()
-		s.st.OOMKills++
-		s.mu.Unlock()
-		s.log.Warn("container was OOM-killed by the kernel (memory limit)", "id", short(ev.Actor.ID))
+		// Counted once, from State.OOMKilled, when the exit is recorded.
+		s.log.Warn("kernel OOM killer hit the container (memory limit)", "id", short(ev.Actor.ID))
 	case events.ActionDie, events.ActionDestroy, events.ActionStart, events.ActionStop,
 		events.ActionRename, events.ActionCreate:
 		s.reconcile(ctx, "event "+string(ev.Action))

@@ -34,7 +34,8 @@ func main() {
 	startupDelay := flag.Duration("startup-delay", 0, "wait this long before listening")
 	stepTime := flag.Duration("step-time", 50*time.Millisecond, "time one sampler step takes")
 	probe := flag.String("probe", "", "health-probe mode: GET this URL, exit 0 on 200")
-	buildImage := flag.String("build-image", "", "build a FROM-scratch image holding this binary, tagged TAG, and exit")
+	buildImage := flag.String("build-image", "", "build a FROM-scratch image holding this binary, tagged TAG, and exit; arguments after -- become its CMD")
+	alloc := flag.Int64("alloc-mib", 0, "allocate and touch this many MiB of RAM at start (to provoke the kernel's OOM killer)")
 	flag.Parse()
 
 	if *buildImage != "" {
@@ -65,6 +66,13 @@ func main() {
 			os.Exit(*exitCode)
 		}()
 	}
+	if *alloc > 0 {
+		ballast = make([]byte, *alloc<<20)
+		for i := 0; i < len(ballast); i += 4096 {
+			ballast[i] = 1
+		}
+		log.Printf("allocated %d MiB", *alloc)
+	}
 	time.Sleep(*startupDelay)
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		log.Printf("creating output directory: %v", err)
@@ -85,6 +93,9 @@ func main() {
 		log.Fatal(err)
 	}
 }
+
+// ballast keeps -alloc-mib memory reachable for the life of the process.
+var ballast []byte
 
 func isFlagSet(name string) bool {
 	set := false
