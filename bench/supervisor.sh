@@ -58,8 +58,11 @@ printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdir
 docker-registry serve "$work/zguard-test-registry.yml" >/dev/null 2>&1 &
 reg_pid=$!
 sleep 1
+# The agent pulls 127.0.0.1:PORT/...; pushes go through localhost:PORT/...
+# so that retagging for a push never races with the agent's pulls.
 ref=127.0.0.1:$rport/zgbench/comfy:latest
-docker tag zguard-fakecomfy:bench-v1 "$ref" && docker push -q "$ref" >/dev/null
+via=localhost:$rport/zgbench/comfy:latest
+docker tag zguard-fakecomfy:bench-v1 "$via" && docker push -q "$via" >/dev/null
 
 port=$(free_port)
 cat > "$work/config.toml" <<CFG
@@ -126,8 +129,8 @@ echo
 echo "update: new digest pushed -> new container healthy (update_interval = 1s):"
 : > "$work/upd.txt"
 for v in v2 v1 v2; do
-	docker tag "zguard-fakecomfy:bench-$v" "$ref"
-	t0=$(now_ms); docker push -q "$ref" >/dev/null
+	docker tag "zguard-fakecomfy:bench-$v" "$via"
+	t0=$(now_ms); docker push -q "$via" >/dev/null
 	wait_version "$port" "$v" 120
 	echo $(( $(now_ms) - t0 )) >> "$work/upd.txt"
 done

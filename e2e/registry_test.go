@@ -80,11 +80,15 @@ func (r *Registry) Stop() {
 	<-r.done
 }
 
-// Push tags a local image as repo:tag in this registry and pushes it.
+// Push pushes a local image to repo:tag in this registry and returns the
+// reference the agent should use (127.0.0.1:PORT/repo:tag). The push goes
+// through the name localhost:PORT: retagging the agent's own reference
+// locally would race with its pulls, which retag it back.
 func (r *Registry) Push(local, repoTag string) string {
 	r.t.Helper()
-	ref := r.Addr + "/" + repoTag
-	Docker(r.t, "tag", local, ref)
-	Docker(r.t, "push", ref)
-	return ref
+	_, port, _ := net.SplitHostPort(r.Addr)
+	via := "localhost:" + port + "/" + repoTag
+	Docker(r.t, "tag", local, via)
+	Docker(r.t, "push", via)
+	return r.Addr + "/" + repoTag
 }

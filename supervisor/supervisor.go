@@ -532,15 +532,14 @@ func (s *Supervisor) handleExited(ctx context.Context, c config.Container, ins c
 		if e.OOMKilled {
 			s.st.OOMKills++
 		}
-		s.mu.Unlock()
-		tail := s.logTail(ctx, ins.ID, 10)
-		s.mu.Lock()
-		s.st.LogTail = tail
 		s.log.Warn("container exited", "id", short(ins.ID), "exit_code", e.Code, "oom_killed", e.OOMKilled,
 			"uptime", uptime.Round(time.Millisecond), "restart_in", plan.Delay, "crash_loop", plan.CrashLoop)
 	}
 	due := !s.restartAt.IsZero() && !now.Before(s.restartAt)
 	s.mu.Unlock()
+	if newExit && !due {
+		s.recordLogTail(ctx, ins.ID, time.Time{})
+	}
 	if !due {
 		return nil
 	}
@@ -551,7 +550,19 @@ func (s *Supervisor) handleExited(ctx context.Context, c config.Container, ins c
 	s.restartAt = time.Time{}
 	s.st.Restarts++
 	s.mu.Unlock()
+	if newExit {
+		// Read the crashed run's last lines after the restart, so the log
+		// call does not delay it; Until keeps the new run's lines out.
+		s.recordLogTail(ctx, ins.ID, finished)
+	}
 	return nil
+}
+
+// recordLogTail keeps the last lines the container logged (up to until,
+// when set) for status.
+func (s *Supervisor) recordLogTail(ctx context.Context, id string, until time.Time) {
+	tail := s.logTail(ctx, id, 10, until)
+	s.update(func(st *Status) { st.LogTail = tail })
 }
 
 func (s *Supervisor) start(ctx context.Context, c config.Container, id string) error {
@@ -694,8 +705,12 @@ func (s *Supervisor) remove(ctx context.Context, c config.Container, id string) 
 	return nil
 }
 
-func (s *Supervisor) logTail(ctx context.Context, id string, n int) []string {
-	rc, err := s.docker.ContainerLogs(ctx, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: strconv.Itoa(n)})
+func (s *Supervisor) logTail(ctx context.Context, id string, n int, until time.Time) []string {
+	opts := container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: strconv.Itoa(n)}
+	if !until.IsZero() {
+		opts.Until = until.Add(time.Millisecond).Format(time.RFC3339Nano)
+	}
+	rc, err := s.docker.ContainerLogs(ctx, id, opts)
 	if err != nil {
 		return []string{"(log unavailable: " + err.Error() + ")"}
 	}

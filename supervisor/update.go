@@ -198,7 +198,7 @@ func (s *Supervisor) waitHealthy(ctx context.Context, c config.Container, id str
 			return fmt.Errorf("inspecting new container: %w", err)
 		}
 		if !ins.State.Running {
-			tail := s.logTail(ctx, id, 5)
+			tail := s.logTail(ctx, id, 5, time.Time{})
 			return fmt.Errorf("new container exited with code %d (oom_killed=%v); log tail: %s",
 				ins.State.ExitCode, ins.State.OOMKilled, strings.Join(tail, " | "))
 		}
