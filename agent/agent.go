@@ -46,9 +46,13 @@ type subsystem struct {
 	// a reload changed it.
 	section func(*config.Config) any
 	apply   func(ctx context.Context, cfg *config.Config) (string, error)
-	run     func(ctx context.Context) error
-	status  func() any
-	finds   func() []health.Finding
+	// everyReload applies the section on every reload, changed or not
+	// (the gateway rereads its credential files and reopens its audit log,
+	// for log rotation).
+	everyReload bool
+	run         func(ctx context.Context) error
+	status      func() any
+	finds       func() []health.Finding
 }
 
 // Agent runs zguard.
@@ -267,7 +271,7 @@ func (a *Agent) reload(ctx context.Context) ReloadResult {
 	var errs []string
 	for _, s := range a.subs {
 		changed := !reflect.DeepEqual(s.section(old), s.section(cfg))
-		if !changed {
+		if !changed && !s.everyReload {
 			a.mu.Lock()
 			_, hadErr := a.applyErrors[s.name]
 			a.mu.Unlock()
@@ -280,6 +284,9 @@ func (a *Agent) reload(ctx context.Context) ReloadResult {
 		if err != nil {
 			errs = append(errs, s.name+": "+err.Error())
 			continue
+		}
+		if !changed {
+			continue // reapplied for its files, not a config change
 		}
 		if msg == "" {
 			msg = s.name + ": applied"

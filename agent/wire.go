@@ -102,9 +102,13 @@ func (a *Agent) wire() {
 			finds:  func() []health.Finding { return p.gpu.Status().Findings() },
 		},
 		{
-			name:    "gateway",
-			section: func(c *config.Config) any { return c.Gateway },
+			name:        "gateway",
+			section:     func(c *config.Config) any { return c.Gateway },
+			everyReload: true,
 			apply: func(ctx context.Context, c *config.Config) (string, error) {
+				if !c.Gateway.Enabled {
+					return "gateway: disabled", p.gate.Apply(ctx, c.Gateway)
+				}
 				return "gateway: applied", p.gate.Apply(ctx, c.Gateway)
 			},
 			run:    p.gate.Run,
