@@ -100,6 +100,25 @@ func TestAgentRunsContainerOnLoopbackOnly(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `"host_ip": "127.0.0.1"`) {
 		t.Fatalf("zguard status --json exit %d:\n%s", code, out)
 	}
+	if fi, err := os.Stat(a.Socket); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket mode: %v %v", fi.Mode(), err)
+	}
+	// SIGTERM is a clean stop: the container keeps serving.
+	a.Stop()
+	if !Inspect(t, c.ID).State.Running || HTTPGet(fmt.Sprintf("http://127.0.0.1:%d/system_stats", port)) != 200 {
+		t.Fatal("container stopped with the agent")
+	}
+}
+
+func TestStopOnExitStopsTheContainer(t *testing.T) {
+	img := fakeImage(t)
+	a := StartAgent(t, testenv.UniqueName("zg-e2e-stop-"), baseConfig(img, FreePort(t), `stop_on_exit = true
+stop_timeout = "2s"`))
+	c := waitRunning(t, a)
+	a.Stop()
+	if Inspect(t, c.ID).State.Running {
+		t.Fatal("stop_on_exit = true left the container running")
+	}
 }
 
 func TestSameNameUnlabelledContainerIsAConflictNotDeleted(t *testing.T) {
