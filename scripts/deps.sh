@@ -28,10 +28,6 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 	apt-get update -q >/dev/null
 	apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
-# The registry package may start its own service; tests run their own.
-if pgrep -x docker-registry >/dev/null && [ -e /etc/docker/registry/config.yml ] && ! pgrep -f zguard-test-registry >/dev/null; then
-	pkill -x docker-registry || true
-fi
 
 if ! docker info >/dev/null 2>&1; then
 	echo "deps: starting dockerd"
