@@ -20,6 +20,16 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// xidSeq numbers fake XID events. The shared fake library remembers the
+// last sequence it delivered for the life of the process, so every test
+// run (also under -count=N) needs fresh numbers.
+var xidSeq int
+
+func nextXIDSeq() int {
+	xidSeq++
+	return xidSeq
+}
+
 // TestFakeLibrary drives the sampler through go-nvml's real cgo/dlopen path
 // against the fake libnvidia-ml.so.1 built from testdata/.
 func TestFakeLibrary(t *testing.T) {
@@ -67,7 +77,7 @@ func TestFakeLibrary(t *testing.T) {
 	go func() { done <- x.run(ctx, func(dev int, xid uint64) { got <- [2]uint64{uint64(dev), xid} }) }()
 	st := fakenvml.State{
 		Devices: []fakenvml.Device{{Index: 0, Total: 80 * gib, Used: 10 * gib}, {Index: 1, Total: 141 * gib, Used: 1 * gib}},
-		XIDs:    []fakenvml.XID{{Device: 1, Code: 48, Seq: 1}, {Device: 0, Code: 79, Seq: 2}},
+		XIDs:    []fakenvml.XID{{Device: 1, Code: 48, Seq: nextXIDSeq()}, {Device: 0, Code: 79, Seq: nextXIDSeq()}},
 	}
 	if err := st.Write(statePath); err != nil {
 		t.Fatal(err)
