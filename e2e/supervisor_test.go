@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -275,4 +276,37 @@ func TestKernelOOMKillIsReported(t *testing.T) {
 		a.Part("container", &raw)
 		return raw.OOMKills > 0 && len(raw.LastExits) > 0 && raw.LastExits[len(raw.LastExits)-1].OOMKilled
 	})
+}
+
+// TestLiveRestoreKeepsTheContainer runs dockerd with --live-restore: while
+// the daemon is down the container keeps running and zguard deletes and
+// restarts nothing; when it is back, the same container is adopted.
+func TestLiveRestoreKeepsTheContainer(t *testing.T) {
+	img := fakeImage(t)
+	testenv.StopDockerd(t)
+	testenv.StartDockerdWith(t, "--live-restore")
+	t.Cleanup(func() { // leave the host's dockerd as it was: without live-restore
+		testenv.StopDockerd(t)
+		testenv.StartDockerd(t)
+	})
+	port := FreePort(t)
+	name := testenv.UniqueName("zg-e2e-live-")
+	a := StartAgent(t, name, baseConfig(img, port, ""))
+	c := waitRunning(t, a)
+	pid := Inspect(t, c.ID).State.Pid
+
+	testenv.StopDockerd(t)
+	WaitFor(t, 20*time.Second, "docker unreachable in status", func() bool { return a.Container().Docker == "unreachable" })
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Fatalf("container process %d died with dockerd despite live-restore: %v", pid, err)
+	}
+	testenv.StartDockerdWith(t, "--live-restore")
+	WaitFor(t, 60*time.Second, "container adopted again", func() bool {
+		c2 := a.Container()
+		return c2.Docker == "ok" && c2.State == "running" && HTTPGet(fmt.Sprintf("http://127.0.0.1:%d/system_stats", port)) == 200
+	})
+	c2 := a.Container()
+	if c2.ID != c.ID || c2.Restarts != 0 || Inspect(t, c.ID).State.Pid != pid {
+		t.Fatalf("container was replaced or restarted: id %s -> %s, restarts %d", c.ID, c2.ID, c2.Restarts)
+	}
 }

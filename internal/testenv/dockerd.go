@@ -79,20 +79,27 @@ func stopDockerd(timeout time.Duration) error {
 // answers a ping.
 func StartDockerd(t testing.TB) {
 	t.Helper()
+	StartDockerdWith(t)
+}
+
+// StartDockerdWith is StartDockerd with extra dockerd flags (for example
+// "--live-restore").
+func StartDockerdWith(t testing.TB, args ...string) {
+	t.Helper()
 	Require(t, Root)
-	if err := startDockerd(60 * time.Second); err != nil {
+	if err := startDockerd(60*time.Second, args...); err != nil {
 		t.Fatalf("starting dockerd: %v", err)
 	}
 }
 
-func startDockerd(timeout time.Duration) error {
+func startDockerd(timeout time.Duration, args ...string) error {
 	if dockerdPid() == 0 {
 		log, err := os.OpenFile(DockerdLog, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 		if err != nil {
 			return err
 		}
 		defer log.Close()
-		cmd := exec.Command("dockerd")
+		cmd := exec.Command("dockerd", args...)
 		cmd.Stdout, cmd.Stderr = log, log
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err := cmd.Start(); err != nil {
