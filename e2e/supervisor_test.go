@@ -162,6 +162,7 @@ func TestCrashLoopBacksOffAndReports(t *testing.T) {
 }
 
 func TestDockerdRestartIsSurvived(t *testing.T) {
+	testenv.RequireDockerdRestart(t)
 	img := fakeImage(t)
 	port := FreePort(t)
 	name := testenv.UniqueName("zg-e2e-dockerd-")
@@ -282,6 +283,7 @@ func TestKernelOOMKillIsReported(t *testing.T) {
 // the daemon is down the container keeps running and zguard deletes and
 // restarts nothing; when it is back, the same container is adopted.
 func TestLiveRestoreKeepsTheContainer(t *testing.T) {
+	testenv.RequireDockerdRestart(t)
 	img := fakeImage(t)
 	testenv.StopDockerd(t)
 	testenv.StartDockerdWith(t, "--live-restore")

@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -229,10 +228,8 @@ func hostHTTPReach(addr netip.Addr, port int) bool {
 // (ZGUARD_REQUIRE_PRIVILEGED=1, packages one at a time) it runs only when
 // ZGUARD_TEST_DOCKERD_RESTART=1.
 func TestDockerRestartRepaired(t *testing.T) {
-	if os.Getenv("ZGUARD_REQUIRE_PRIVILEGED") != "1" && os.Getenv("ZGUARD_TEST_DOCKERD_RESTART") != "1" {
-		t.Skip("restarts dockerd (stops all containers); set ZGUARD_TEST_DOCKERD_RESTART=1")
-	}
-	testenv.Require(t, testenv.Root, testenv.Docker, testenv.Iptables)
+	testenv.RequireDockerdRestart(t)
+	testenv.Require(t, testenv.Iptables)
 	fw := New(Deps{Log: testLogger(t), EngineVersion: func() string { return "20.10.24" }})
 	cfg := testConfig(t, "198.51.100.2")
 	cfg.IPv6 = "auto"

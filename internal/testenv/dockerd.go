@@ -133,3 +133,15 @@ func RestartDockerd(t testing.TB) {
 	StopDockerd(t)
 	StartDockerd(t)
 }
+
+// RequireDockerdRestart gates tests that stop the host's dockerd, which
+// stops every container on the host that is not under live-restore. They
+// run in CI (ZGUARD_REQUIRE_PRIVILEGED=1, packages one at a time) or when
+// ZGUARD_TEST_DOCKERD_RESTART=1; elsewhere they skip with the reason.
+func RequireDockerdRestart(t testing.TB) {
+	t.Helper()
+	if os.Getenv("ZGUARD_REQUIRE_PRIVILEGED") != "1" && os.Getenv("ZGUARD_TEST_DOCKERD_RESTART") != "1" {
+		t.Skip("restarts dockerd (stops all containers on this host); set ZGUARD_TEST_DOCKERD_RESTART=1 to run it")
+	}
+	Require(t, Root, Docker)
+}
