@@ -18,9 +18,7 @@ type Exit struct {
 // restartPlan is the policy's answer to "the container exited: now what?".
 type restartPlan struct {
 	Delay     time.Duration // wait this long before starting it again
-	Failures  int           // consecutive failures counted into Delay
 	CrashLoop bool          // too many restarts within the window
-	InWindow  int           // restarts within the window
 }
 
 // planRestart decides the delay before the next restart. It is pure: the
@@ -61,7 +59,7 @@ func planRestart(exits []Exit, b config.Backoff, cl config.CrashLoop, now time.T
 			inWindow++
 		}
 	}
-	return restartPlan{Delay: delay, Failures: failures, CrashLoop: inWindow >= cl.Restarts, InWindow: inWindow}
+	return restartPlan{Delay: delay, CrashLoop: inWindow >= cl.Restarts}
 }
 
 // trimExits keeps the exits that can still matter: those within the

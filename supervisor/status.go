@@ -96,13 +96,6 @@ func (s *Supervisor) Status() Status {
 	return st
 }
 
-// RestartDelayHistory returns the backoff delays chosen so far, oldest first.
-func (s *Supervisor) RestartDelayHistory() []time.Duration {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]time.Duration(nil), s.delays...)
-}
-
 // Findings says what is wrong, for the overall status.
 func (st Status) Findings() []health.Finding {
 	const sub = "container"

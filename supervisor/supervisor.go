@@ -68,8 +68,7 @@ type Supervisor struct {
 	accepted string
 	// badImage is an image ID that failed its health gate; updates skip it.
 	badImage string
-	// lastStart is when zguard last started the container.
-	lastStart time.Time
+	// nextCheck is when the next update check is due.
 	nextCheck time.Time
 	// lastExitSeen is the FinishedAt of the last exit already counted.
 	lastExitSeen time.Time
@@ -409,7 +408,9 @@ func (s *Supervisor) reconcileOnce(ctx context.Context, c config.Container, why 
 	}
 	if main == nil {
 		s.log.Info("container missing; creating", "name", c.Name, "why", why)
-		s.recordDriftIf(why != "connected" && why != "config" && s.ContainerID() != "", "container was removed")
+		if why != "connected" && why != "config" && s.ContainerID() != "" {
+			s.recordDrift("container was removed")
+		}
 		return s.create(ctx, c, "")
 	}
 	ins, err := s.docker.ContainerInspect(ctx, main.ID)
@@ -476,11 +477,8 @@ func (s *Supervisor) observe(ctx context.Context, c config.Container, ins contai
 		s.accepted = ins.Image
 	}
 	switch {
-	case ins.State.Running && (health == "starting" || health == "unhealthy"):
+	case ins.State.Running && health == "starting":
 		s.st.State = StateStarting
-		if health == "unhealthy" {
-			s.st.State = StateRunning
-		}
 	case ins.State.Running:
 		s.st.State = StateRunning
 	case ins.State.Restarting:
@@ -569,9 +567,6 @@ func (s *Supervisor) start(ctx context.Context, c config.Container, id string) e
 	if err := s.docker.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
 		return explainStartError(c, err)
 	}
-	s.mu.Lock()
-	s.lastStart = s.now()
-	s.mu.Unlock()
 	s.log.Info("started container", "id", short(id))
 	return nil
 }
@@ -730,12 +725,6 @@ func (s *Supervisor) setInSync(v bool) { s.update(func(st *Status) { st.InSync =
 
 func (s *Supervisor) recordDrift(what string) {
 	s.update(func(st *Status) { st.LastDrift = &Drift{Time: s.now(), What: what} })
-}
-
-func (s *Supervisor) recordDriftIf(cond bool, what string) {
-	if cond {
-		s.recordDrift(what)
-	}
 }
 
 func short(id string) string {

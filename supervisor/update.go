@@ -33,15 +33,15 @@ func (s *Supervisor) maybeCheckUpdate(ctx context.Context) {
 	running := s.st.ID != "" && (s.st.State == StateRunning || s.st.State == StateStarting)
 	s.mu.Unlock()
 	if due && running {
-		s.CheckUpdate(ctx)
+		s.checkUpdate(ctx)
 	}
 }
 
-// CheckUpdate pulls the configured reference and, when it points to a new
+// checkUpdate pulls the configured reference and, when it points to a new
 // image, replaces the container behind a health gate with rollback. The
 // running container is not stopped until the new image is fully present;
 // a failed pull leaves it alone and is reported.
-func (s *Supervisor) CheckUpdate(ctx context.Context) {
+func (s *Supervisor) checkUpdate(ctx context.Context) {
 	c, ok := s.desired()
 	if !ok {
 		return
