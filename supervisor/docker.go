@@ -2,11 +2,9 @@ package supervisor
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
@@ -14,6 +12,7 @@ import (
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
+	"github.com/docker/docker/pkg/jsonmessage"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -49,34 +48,12 @@ func NewDockerClient() (*client.Client, error) {
 	return cli, nil
 }
 
-// pullMessage is one line of Docker's pull progress stream.
-type pullMessage struct {
-	Status      string `json:"status"`
-	Error       string `json:"error"`
-	ErrorDetail struct {
-		Message string `json:"message"`
-	} `json:"errorDetail"`
-}
-
 // decodePullStream reads a pull stream to the end. Docker reports pull
 // failures inside the stream with HTTP 200, so a clean EOF is not success
 // unless no error message arrived.
 func decodePullStream(r io.Reader) error {
-	dec := json.NewDecoder(r)
-	for {
-		var m pullMessage
-		err := dec.Decode(&m)
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("reading pull progress: %w", err)
-		}
-		if m.Error != "" {
-			return fmt.Errorf("%s", strings.TrimSpace(m.Error))
-		}
-		if m.ErrorDetail.Message != "" {
-			return fmt.Errorf("%s", strings.TrimSpace(m.ErrorDetail.Message))
-		}
+	if err := jsonmessage.DisplayJSONMessagesStream(r, io.Discard, 0, false, nil); err != nil {
+		return fmt.Errorf("reading pull progress: %w", err)
 	}
+	return nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/client"
+	"github.com/docker/docker/pkg/jsonmessage"
 )
 
 // Spec describes a fake-ComfyUI image variant. The image is built FROM
@@ -86,26 +87,5 @@ func Build(binPath string, spec Spec) error {
 		return err
 	}
 	defer resp.Body.Close()
-	return decodeStream(resp.Body)
-}
-
-// decodeStream reads a Docker JSON message stream and returns the first error in it.
-func decodeStream(r io.Reader) error {
-	dec := json.NewDecoder(r)
-	for {
-		var m struct {
-			Error       string `json:"error"`
-			ErrorDetail struct {
-				Message string `json:"message"`
-			} `json:"errorDetail"`
-		}
-		if err := dec.Decode(&m); err == io.EOF {
-			return nil
-		} else if err != nil {
-			return err
-		}
-		if m.Error != "" {
-			return fmt.Errorf("%s", m.Error)
-		}
-	}
+	return jsonmessage.DisplayJSONMessagesStream(resp.Body, io.Discard, 0, false, nil)
 }
