@@ -96,7 +96,7 @@ func Parse(name string, data []byte) (*Config, error) {
 		}
 		return nil, &Error{Problems: []Problem{decodeProblem(name, err)}}
 	}
-	v := &validator{file: name, lines: lines, md: &md}
+	v := &validator{file: name, lines: lines}
 	for _, k := range md.Undecoded() {
 		v.errorf(k.String(), "unknown key %q", k.String())
 	}
@@ -151,7 +151,6 @@ func (c *Config) validate(v *validator) {
 type validator struct {
 	file  string
 	lines map[string]int
-	md    *toml.MetaData
 	errs  []Problem
 	warns []Problem
 }
@@ -166,14 +165,6 @@ func (v *validator) errorf(key, format string, args ...any) {
 
 func (v *validator) warnf(key, format string, args ...any) {
 	v.warns = append(v.warns, v.problem(key, format, args...))
-}
-
-// defined reports whether the dotted key was written in the file.
-func (v *validator) defined(key string) bool {
-	if v.md == nil {
-		return false
-	}
-	return v.md.IsDefined(strings.Split(key, ".")...)
 }
 
 // lineOf finds the line of key, or of its nearest written parent.

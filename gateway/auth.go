@@ -226,9 +226,3 @@ func (c *verdictCache) put(k [sha256.Size]byte, ok bool) {
 	}
 	c.m[k] = ok
 }
-
-func (c *verdictCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.m)
-}
