@@ -57,10 +57,9 @@ type subsystem struct {
 
 // Agent runs zguard.
 type Agent struct {
-	opt   Options
-	log   *slog.Logger
-	subs  []*subsystem
-	parts *parts
+	opt  Options
+	log  *slog.Logger
+	subs []*subsystem
 	// supervisorReady is closed after the first successful reconcile.
 	ready <-chan struct{}
 

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -25,9 +26,10 @@ func listenControl(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("another zguard agent is already serving %s", path)
 	}
 	_ = os.Remove(path)
-	old := umask(0o177)
+	// No window in which the socket exists with looser permissions.
+	old := syscall.Umask(0o177)
 	ln, err := net.Listen("unix", path)
-	umask(old)
+	syscall.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("listening on control socket %s: %w", path, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/zguard/zguard/health"
+	"github.com/zguard/zguard/supervisor"
 )
 
 // ConfigStatus is the config part of `zguard status --json`.
@@ -133,17 +134,7 @@ func WriteHuman(w io.Writer, st Status) {
 		loaded = "loaded " + time.Since(st.Config.LoadedAt).Round(time.Second).String() + " ago"
 	}
 	fmt.Fprintf(w, "  %-10s %s (%s)\n", "config", st.Config.Path, loaded)
-	var c struct {
-		Name, ID, Image, State, Health, Docker string
-		Restarts                               int
-		Ports                                  []struct {
-			Container int    `json:"container"`
-			Protocol  string `json:"protocol"`
-			HostIP    string `json:"host_ip"`
-			HostPort  int    `json:"host_port"`
-		}
-		LastUpdate *struct{ Result, Error string } `json:"last_update"`
-	}
+	var c supervisor.Status
 	if raw, ok := st.Parts["container"]; ok && json.Unmarshal(raw, &c) == nil {
 		id := c.ID
 		if len(id) > 12 {

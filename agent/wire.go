@@ -2,7 +2,8 @@ package agent
 
 import (
 	"context"
-	"syscall"
+	"errors"
+	"sync"
 
 	"github.com/zguard/zguard/comfy"
 	"github.com/zguard/zguard/config"
@@ -14,27 +15,16 @@ import (
 	"github.com/zguard/zguard/supervisor"
 )
 
-// parts holds the concrete subsystems, for cross-wiring.
-type parts struct {
-	sup  *supervisor.Supervisor
-	fw   *firewall.Firewall
-	lock *outputlock.Lock
-	gpu  *gpu.Watchdog
-	gate *gateway.Gateway
-	// comfy is the ComfyUI client the GPU watchdog interrupts jobs through;
-	// it follows container.api_url across reloads.
-	comfy *comfyProxy
-}
-
 // wire builds every subsystem and the switchboard lines. Cross-subsystem
 // needs are satisfied here and nowhere else: the firewall is the gateway's
 // Banner and hears the supervisor's Docker events; the supervisor is the
-// GPU watchdog's ContainerLocator; the ComfyUI client is its JobInterrupter.
+// GPU watchdog's ContainerLocator; the ComfyUI client, which follows
+// container.api_url across reloads, is its JobInterrupter.
 func (a *Agent) wire() {
 	log := a.log
-	p := &parts{comfy: &comfyProxy{}}
+	cui := &comfyProxy{}
 	var fw *firewall.Firewall
-	p.sup = supervisor.New(supervisor.Deps{
+	sup := supervisor.New(supervisor.Deps{
 		Log: log.With("subsystem", "supervisor"),
 		OnDaemonEvent: func(kind string) {
 			if fw != nil {
@@ -44,62 +34,60 @@ func (a *Agent) wire() {
 	})
 	fw = firewall.New(firewall.Deps{
 		Log:            log.With("subsystem", "firewall"),
-		EngineVersion:  p.sup.EngineVersion,
-		PublishedPorts: p.sup.PublishedPorts,
+		EngineVersion:  sup.EngineVersion,
+		PublishedPorts: sup.PublishedPorts,
 	})
-	p.fw = fw
-	p.lock = outputlock.New(outputlock.Deps{Log: log.With("subsystem", "output")})
-	p.gpu = gpu.New(gpu.Deps{
+	lock := outputlock.New(outputlock.Deps{Log: log.With("subsystem", "output")})
+	wd := gpu.New(gpu.Deps{
 		Log:         log.With("subsystem", "gpu"),
-		Interrupter: p.comfy,
-		Killer:      killer{},
-		Locator:     p.sup,
+		Interrupter: cui,
+		Killer:      gpu.SignalKiller{},
+		Locator:     sup,
 	})
-	p.gate = gateway.New(gateway.Deps{Log: log.With("subsystem", "gateway"), Banner: fw})
-	a.ready = p.sup.Ready()
-	a.parts = p
+	gate := gateway.New(gateway.Deps{Log: log.With("subsystem", "gateway"), Banner: fw})
+	a.ready = sup.Ready()
 
 	a.subs = []*subsystem{
 		{
 			name:    "container",
 			section: func(c *config.Config) any { return c.Container },
 			apply: func(ctx context.Context, c *config.Config) (string, error) {
-				p.comfy.set(c.Container.APIURL)
-				return p.sup.Apply(ctx, c.Container)
+				cui.set(c.Container.APIURL)
+				return sup.Apply(ctx, c.Container)
 			},
-			run:    p.sup.Run,
-			status: func() any { return p.sup.Status() },
-			finds:  func() []health.Finding { return p.sup.Status().Findings() },
+			run:    sup.Run,
+			status: func() any { return sup.Status() },
+			finds:  func() []health.Finding { return sup.Status().Findings() },
 		},
 		{
 			name:    "firewall",
 			section: func(c *config.Config) any { return c.Firewall },
 			apply: func(ctx context.Context, c *config.Config) (string, error) {
-				return "firewall: applied", p.fw.Apply(ctx, c.Firewall)
+				return "firewall: applied", fw.Apply(ctx, c.Firewall)
 			},
-			run:    p.fw.Run,
-			status: func() any { return p.fw.Status() },
-			finds:  func() []health.Finding { return p.fw.Status().Findings() },
+			run:    fw.Run,
+			status: func() any { return fw.Status() },
+			finds:  func() []health.Finding { return fw.Status().Findings() },
 		},
 		{
 			name:    "output",
 			section: func(c *config.Config) any { return c.Output },
 			apply: func(ctx context.Context, c *config.Config) (string, error) {
-				return "output: applied", p.lock.Apply(ctx, c.Output)
+				return "output: applied", lock.Apply(ctx, c.Output)
 			},
-			run:    p.lock.Run,
-			status: func() any { return p.lock.Status() },
-			finds:  func() []health.Finding { return p.lock.Status().Findings() },
+			run:    lock.Run,
+			status: func() any { return lock.Status() },
+			finds:  func() []health.Finding { return lock.Status().Findings() },
 		},
 		{
 			name:    "gpu",
 			section: func(c *config.Config) any { return c.GPU },
 			apply: func(ctx context.Context, c *config.Config) (string, error) {
-				return "gpu: applied", p.gpu.Apply(ctx, c.GPU)
+				return "gpu: applied", wd.Apply(ctx, c.GPU)
 			},
-			run:    p.gpu.Run,
-			status: func() any { return p.gpu.Status() },
-			finds:  func() []health.Finding { return p.gpu.Status().Findings() },
+			run:    wd.Run,
+			status: func() any { return wd.Status() },
+			finds:  func() []health.Finding { return wd.Status().Findings() },
 		},
 		{
 			name:        "gateway",
@@ -107,26 +95,22 @@ func (a *Agent) wire() {
 			everyReload: true,
 			apply: func(ctx context.Context, c *config.Config) (string, error) {
 				if !c.Gateway.Enabled {
-					return "gateway: disabled", p.gate.Apply(ctx, c.Gateway)
+					return "gateway: disabled", gate.Apply(ctx, c.Gateway)
 				}
-				return "gateway: applied", p.gate.Apply(ctx, c.Gateway)
+				return "gateway: applied", gate.Apply(ctx, c.Gateway)
 			},
-			run:    p.gate.Run,
-			status: func() any { return p.gate.Status() },
-			finds:  func() []health.Finding { return p.gate.Status().Findings() },
+			run:    gate.Run,
+			status: func() any { return gate.Status() },
+			finds:  func() []health.Finding { return gate.Status().Findings() },
 		},
 	}
 }
 
-// killer SIGKILLs a process: the GPU watchdog's last resort, only ever
-// called on a PID the watchdog attributed to the managed container.
-type killer struct{}
-
-func (killer) Kill(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
+var errNoAPI = errors.New("no ComfyUI API address (container.api_url) configured")
 
 // comfyProxy is a ComfyUI client whose address follows reloads.
 type comfyProxy struct {
-	mu  syncMutex
+	mu  sync.Mutex
 	cli *comfy.Client
 }
 
