@@ -30,23 +30,16 @@ func normalizePath(escaped string) (canonical, error) {
 	if !strings.HasPrefix(escaped, "/") {
 		return canonical{}, errBadPath
 	}
-	var segs []string
 	parts := strings.Split(escaped[1:], "/")
-	for _, p := range parts {
+	decoded := make([]string, len(parts))
+	for i, p := range parts {
 		s, err := decodeSegment(p)
 		if err != nil {
 			return canonical{}, err
 		}
-		switch s {
-		case "", ".":
-		case "..":
-			if len(segs) > 0 {
-				segs = segs[:len(segs)-1]
-			}
-		default:
-			segs = append(segs, s)
-		}
+		decoded[i] = s
 	}
+	segs := resolveDots(decoded)
 	raw := "/" + strings.Join(segs, "/")
 	last := parts[len(parts)-1]
 	if len(segs) > 0 && (last == "" || last == "." || last == "..") {
@@ -74,8 +67,18 @@ func cleanDecoded(p string) string {
 	if !strings.Contains(p, "//") && !strings.Contains(p, "/.") {
 		return p
 	}
+	segs := resolveDots(strings.Split(p[1:], "/"))
+	out := "/" + strings.Join(segs, "/")
+	if len(segs) > 0 && strings.HasSuffix(p, "/") {
+		out += "/"
+	}
+	return out
+}
+
+// resolveDots drops empty and "." segments and lets ".." remove the one
+// before it, never climbing above the root.
+func resolveDots(parts []string) []string {
 	var segs []string
-	parts := strings.Split(p[1:], "/")
 	for _, s := range parts {
 		switch s {
 		case "", ".":
@@ -87,11 +90,7 @@ func cleanDecoded(p string) string {
 			segs = append(segs, s)
 		}
 	}
-	out := "/" + strings.Join(segs, "/")
-	if len(segs) > 0 && strings.HasSuffix(p, "/") {
-		out += "/"
-	}
-	return out
+	return segs
 }
 
 // decodeSegment decodes escapes of unreserved characters (RFC 3986:

@@ -90,10 +90,7 @@ func FuzzNormalizePath(f *testing.F) {
 
 func TestBlocked(t *testing.T) {
 	patterns := []string{"/manager/*", "/api/customnode/*", "/userdata/*ComfyUI-Manager*"}
-	tests := map[string]struct {
-		path string
-		want bool
-	}{
+	tests := map[string]blockCase{
 		"manager":                {"/manager/reboot", true},
 		"manager via api":        {"/api/manager/queue/install", true},
 		"manager bare":           {"/manager", true},
@@ -109,6 +106,18 @@ func TestBlocked(t *testing.T) {
 		"managerial":             {"/managerial", false},
 		"prompt":                 {"/api/prompt", false},
 	}
+	checkBlocked(t, patterns, tests)
+}
+
+type blockCase struct {
+	path string
+	want bool
+}
+
+// checkBlocked normalises each path as the gateway does and compares
+// the block_paths verdict.
+func checkBlocked(t *testing.T, patterns []string, tests map[string]blockCase) {
+	t.Helper()
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			c, err := normalizePath(tc.path)
@@ -323,10 +332,7 @@ func TestWorkflowDigest(t *testing.T) {
 
 func TestDefaultBlockPaths(t *testing.T) {
 	patterns := config.Defaults().Gateway.BlockPaths
-	tests := map[string]struct {
-		path string
-		want bool
-	}{
+	tests := map[string]blockCase{
 		"manager install":          {"/api/manager/queue/install", true},
 		"manager v2":               {"/api/v2/manager/queue/start", true},
 		"customnode v2":            {"/v2/customnode/installed", true},
@@ -338,17 +344,7 @@ func TestDefaultBlockPaths(t *testing.T) {
 		"view":                     {"/view", false},
 		"ws":                       {"/ws", false},
 	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			c, err := normalizePath(tc.path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := blocked(patterns, c); got != tc.want {
-				t.Errorf("blocked(%q) = %v, want %v", tc.path, got, tc.want)
-			}
-		})
-	}
+	checkBlocked(t, patterns, tests)
 }
 
 func TestAuditJSON(t *testing.T) {
