@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/zguard/zguard/internal/testenv"
+	"github.com/zguard/zguard/supervisor"
 )
 
 // agentConfig is the config e2e tests start from: the fake ComfyUI on
@@ -56,9 +57,9 @@ func fakeImage(t *testing.T) string {
 	return testenv.FakeComfyImage(t, testenv.ImageSpec{Tag: "zguard-fakecomfy:e2e"})
 }
 
-func waitRunning(t *testing.T, a *Agent) ContainerStatus {
+func waitRunning(t *testing.T, a *Agent) supervisor.Status {
 	t.Helper()
-	var c ContainerStatus
+	var c supervisor.Status
 	WaitFor(t, 60*time.Second, "container running and healthy", func() bool {
 		c = a.Container()
 		return c.State == "running" && c.Health == "healthy"
@@ -223,7 +224,7 @@ func TestReload(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "spec changed") {
 		t.Fatalf("reload with new env: exit %d\n%s", code, out)
 	}
-	var c2 ContainerStatus
+	var c2 supervisor.Status
 	WaitFor(t, 30*time.Second, "recreated container", func() bool {
 		c2 = a.Container()
 		return c2.ID != c.ID && c2.State == "running" && c2.Health == "healthy"

@@ -1,13 +1,12 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/zguard/zguard/comfy/fakecomfy"
 	"github.com/zguard/zguard/gpu"
 	"github.com/zguard/zguard/gpu/fakenvml"
 	"github.com/zguard/zguard/internal/testenv"
@@ -18,22 +17,11 @@ func gpuConfig(image string, port int, gpuSection string) string {
 	return agentConfig(image, port, "", "[gpu]\n"+gpuSection)
 }
 
-// fakeStats reads the fake ComfyUI's test counters.
+// fakeStats reads the fake ComfyUI's interrupt counter.
 func fakeStats(t *testing.T, port int) (interrupts int, ok bool) {
 	t.Helper()
-	c := &http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/fake/stats", port))
-	if err != nil {
-		return 0, false
-	}
-	defer resp.Body.Close()
-	var st struct {
-		Interrupts int `json:"interrupts"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return 0, false
-	}
-	return st.Interrupts, true
+	st, err := fakecomfy.ReadStats(fmt.Sprintf("http://127.0.0.1:%d", port))
+	return st.Interrupts, err == nil
 }
 
 func gpuStatus(a *Agent) gpu.Status {

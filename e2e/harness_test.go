@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -20,6 +19,7 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/zguard/zguard/agent"
 	"github.com/zguard/zguard/internal/testenv"
+	"github.com/zguard/zguard/supervisor"
 )
 
 // Agent is a running `zguard run` started by a test.
@@ -182,40 +182,9 @@ func (a *Agent) CLI(args ...string) (string, int) {
 	return string(out), code
 }
 
-// ContainerStatus is the container part of the status, as tests read it.
-type ContainerStatus struct {
-	ID       string `json:"id"`
-	ImageID  string `json:"image_id"`
-	State    string `json:"state"`
-	Health   string `json:"health"`
-	Restarts int    `json:"restarts"`
-	InSync   bool   `json:"in_sync"`
-	Conflict string `json:"conflict"`
-	Docker   string `json:"docker"`
-	Ports    []struct {
-		Container int    `json:"container"`
-		HostIP    string `json:"host_ip"`
-		HostPort  int    `json:"host_port"`
-	} `json:"ports"`
-	LastUpdate *struct {
-		Result string `json:"result"`
-		Error  string `json:"error"`
-		To     string `json:"to"`
-	} `json:"last_update"`
-	LastDrift *struct {
-		What string `json:"what"`
-	} `json:"last_drift"`
-	CrashLoop     bool     `json:"crash_loop"`
-	RestartDelays []string `json:"restart_delays"`
-	LogTail       []string `json:"log_tail"`
-	LastExits     []struct {
-		Code int `json:"exit_code"`
-	} `json:"last_exits"`
-}
-
 // Container returns the container part of the status ("" ID when unreachable).
-func (a *Agent) Container() ContainerStatus {
-	var c ContainerStatus
+func (a *Agent) Container() supervisor.Status {
+	var c supervisor.Status
 	st, err := a.Status()
 	if err != nil {
 		return c
@@ -288,8 +257,8 @@ func HTTPGet(url string) int {
 	return resp.StatusCode
 }
 
-// Docker runs the docker CLI-equivalent through the API for the few
-// operations tests do by hand.
+// Docker runs the docker CLI for the few operations tests do by hand, as
+// an operator would.
 func Docker(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := exec.Command("docker", args...).CombinedOutput()
@@ -315,5 +284,3 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
-
-var _ = fmt.Sprintf

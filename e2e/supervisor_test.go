@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,7 +10,9 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/zguard/zguard/comfy/fakecomfy"
 	"github.com/zguard/zguard/internal/testenv"
+	"github.com/zguard/zguard/supervisor"
 )
 
 // variants builds the four fake images the update tests use.
@@ -30,14 +30,7 @@ func variants(t *testing.T) map[string]string {
 
 // servedVersion asks the container on 127.0.0.1:port which version it is.
 func servedVersion(port int) string {
-	c := &http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/fake/stats", port))
-	if err != nil {
-		return ""
-	}
-	defer resp.Body.Close()
-	var st struct{ Version string }
-	_ = json.NewDecoder(resp.Body).Decode(&st)
+	st, _ := fakecomfy.ReadStats(fmt.Sprintf("http://127.0.0.1:%d", port))
 	return st.Version
 }
 
@@ -56,8 +49,11 @@ func containersNamed(t *testing.T, name string) []container.Summary {
 	return list
 }
 
-func updateConfig(ref string, port int, extra string) string {
-	return strings.Replace(baseConfig(ref, port, extra), `pull = "never"`, `pull = "always"`, 1)
+// updateConfig pulls ref from the test registry and checks it for new
+// digests every interval.
+func updateConfig(ref string, port int, interval string) string {
+	cfg := strings.Replace(baseConfig(ref, port, ""), `pull = "never"`, `pull = "always"`, 1)
+	return strings.Replace(cfg, `update_interval = "0"`, fmt.Sprintf("update_interval = %q", interval), 1)
 }
 
 func TestUpdateRollbackAndRegistryOutage(t *testing.T) {
@@ -66,7 +62,7 @@ func TestUpdateRollbackAndRegistryOutage(t *testing.T) {
 	ref := reg.Push(v["v1"], "zgtest/comfy:latest")
 	port := FreePort(t)
 	name := testenv.UniqueName("zg-e2e-upd-")
-	a := StartAgent(t, name, strings.Replace(updateConfig(ref, port, ""), `update_interval = "0"`, `update_interval = "2s"`, 1))
+	a := StartAgent(t, name, updateConfig(ref, port, "2s"))
 	waitRunning(t, a)
 	if got := servedVersion(port); got != "v1" {
 		t.Fatalf("serving %q, want v1", got)
@@ -130,7 +126,7 @@ func TestCrashLoopBacksOffAndReports(t *testing.T) {
 	v := variants(t)
 	a := StartAgent(t, testenv.UniqueName("zg-e2e-loop-"), baseConfig(v["v4"], FreePort(t),
 		`crash_loop = { restarts = 4, window = "1m" }`))
-	var c ContainerStatus
+	var c supervisor.Status
 	WaitFor(t, 60*time.Second, "crash loop detected", func() bool {
 		c = a.Container()
 		return c.State == "crashloop" && len(c.RestartDelays) >= 4
@@ -197,7 +193,7 @@ func TestCrashDuringUpdateRecovers(t *testing.T) {
 	ref := reg.Push(v["v1"], "zgtest/crash:latest")
 	port := FreePort(t)
 	name := testenv.UniqueName("zg-e2e-crashupd-")
-	a := StartAgent(t, name, strings.Replace(updateConfig(ref, port, ""), `update_interval = "0"`, `update_interval = "1s"`, 1))
+	a := StartAgent(t, name, updateConfig(ref, port, "1s"))
 	waitRunning(t, a)
 	reg.Push(v["v2slow"], "zgtest/crash:latest") // takes 6 s to answer: time to crash mid-gate
 	WaitFor(t, 60*time.Second, "old container renamed", func() bool {
@@ -267,15 +263,9 @@ func TestDriftIsRepaired(t *testing.T) {
 func TestKernelOOMKillIsReported(t *testing.T) {
 	img := testenv.FakeComfyImage(t, testenv.ImageSpec{Tag: "zguard-fakecomfy:oom", Args: []string{"-alloc-mib", "256"}})
 	a := StartAgent(t, testenv.UniqueName("zg-e2e-oom-"), baseConfig(img, FreePort(t), `memory = "32MiB"`))
-	var raw struct {
-		OOMKills  int `json:"oom_kills"`
-		LastExits []struct {
-			OOMKilled bool `json:"oom_killed"`
-		} `json:"last_exits"`
-	}
 	WaitFor(t, 60*time.Second, "OOM kill reported", func() bool {
-		a.Part("container", &raw)
-		return raw.OOMKills > 0 && len(raw.LastExits) > 0 && raw.LastExits[len(raw.LastExits)-1].OOMKilled
+		c := a.Container()
+		return c.OOMKills > 0 && len(c.LastExits) > 0 && c.LastExits[len(c.LastExits)-1].OOMKilled
 	})
 }
 

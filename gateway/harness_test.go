@@ -22,6 +22,7 @@ import (
 	"github.com/docker/go-connections/nat"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/zguard/zguard/comfy/fakecomfy"
 	"github.com/zguard/zguard/config"
 	"github.com/zguard/zguard/gateway/credfile"
 	"github.com/zguard/zguard/internal/testenv"
@@ -264,11 +265,11 @@ func promptBody(t *testing.T, wf map[string]any, clientID string, extra map[stri
 	return string(b)
 }
 
-func fakeStats(t *testing.T, upstream string) (s struct{ Prompts, Completed int }) {
+func fakeStats(t *testing.T, upstream string) fakecomfy.Stats {
 	t.Helper()
-	_, _, b := do(t, client(""), "GET", upstream+"/fake/stats", nil, "")
-	if err := json.Unmarshal(b, &s); err != nil {
-		t.Fatalf("decoding /fake/stats %q: %v", b, err)
+	s, err := fakecomfy.ReadStats(upstream)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return s
 }

@@ -69,6 +69,24 @@ type Stats struct {
 	Version    string `json:"version"`
 }
 
+// ReadStats fetches GET /fake/stats from a fake ComfyUI at baseURL.
+func ReadStats(baseURL string) (Stats, error) {
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(strings.TrimRight(baseURL, "/") + "/fake/stats")
+	if err != nil {
+		return Stats{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return Stats{}, fmt.Errorf("GET /fake/stats: %s", resp.Status)
+	}
+	var st Stats
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return Stats{}, fmt.Errorf("decoding /fake/stats: %w", err)
+	}
+	return st, nil
+}
+
 type job struct {
 	Number   int
 	ID       string
